@@ -1,0 +1,165 @@
+"""The ledger records what hoststorage owns; the host lock keeps two agents on one host apart."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from hostlib import ledger
+
+
+def entry(name: str, mount: str | None = None, deps: tuple[tuple[str, str], ...] = ()) -> ledger.LedgerEntry:
+    resource = {"mountPoint": mount} if mount else {}
+    return ledger.LedgerEntry("StorageConnection", name, f"uid-{name}", resource, deps)
+
+
+def test_missing_file_is_an_empty_ledger(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path))
+    assert led.entries() == []
+    assert led.get("StorageConnection", "a") is None
+
+
+def test_put_get_remove_round_trip_through_disk(tmp_path: pathlib.Path) -> None:
+    state = str(tmp_path)
+    led = ledger.Ledger.load(state)
+    led.put(entry("a", "/base/a"))
+    led.put(ledger.LedgerEntry("StoragePool", "p", "u", {"x": [1, 2]}, (("StorageConnection", "a"),)))
+    again = ledger.Ledger.load(state)
+    assert again.get("StorageConnection", "a") == entry("a", "/base/a")
+    assert again.get("StoragePool", "p") == led.get("StoragePool", "p")
+    assert [e.name for e in again.entries()] == ["a", "p"]
+    assert [e.name for e in again.entries("StoragePool")] == ["p"]
+    assert again.remove("StorageConnection", "a") is True
+    assert again.remove("StorageConnection", "a") is False
+    assert [e.name for e in ledger.Ledger.load(state).entries()] == ["p"]
+
+
+def test_file_is_private_and_no_temp_file_is_left(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path / "state"))
+    led.put(entry("a"))
+    path = tmp_path / "state" / "ledger.json"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert os.listdir(tmp_path / "state") == ["ledger.json"]
+    assert json.loads(path.read_text())["version"] == 1
+
+
+def test_unchanged_put_does_not_rewrite(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path))
+    led.put(entry("a"))
+    before = os.stat(tmp_path / "ledger.json").st_ino
+    led.put(entry("a"))
+    assert os.stat(tmp_path / "ledger.json").st_ino == before
+    led.put(entry("a", "/m"))
+    assert os.stat(tmp_path / "ledger.json").st_ino != before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "not json",
+        "[]",
+        '{"version": 2, "entries": []}',
+        '{"version": 1, "entries": {}}',
+        '{"version": 1, "entries": [{"kind": 1, "name": "a"}]}',
+        '{"version": 1, "entries": [{"kind": "k"}]}',
+        '{"version": 1, "entries": [{"kind": "k", "name": "a", "dependsOn": [["x"]]}]}',
+        '{"version": 1, "entries": [{"kind": "k", "name": "a", "resource": []}]}',
+    ],
+)
+def test_corrupt_ledger_is_refused_not_guessed(tmp_path: str, content: str) -> None:
+    (tmp_path / "ledger.json").write_text(content)
+    with pytest.raises(ledger.LedgerCorrupt, match="ledger"):
+        ledger.Ledger.load(str(tmp_path))
+
+
+def test_symlinked_ledger_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "elsewhere.json").write_text('{"version": 1, "entries": []}')
+    os.symlink(tmp_path / "elsewhere.json", tmp_path / "ledger.json")
+    with pytest.raises(ledger.LedgerCorrupt):
+        ledger.Ledger.load(str(tmp_path))
+
+
+def test_owns_mount_compares_normalised_paths(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path))
+    led.put(entry("a", "/base/server:_a/"))
+    led.put(ledger.LedgerEntry("StoragePool", "p", resource={"paths": ["/base/link"]}))
+    assert led.owns_mount("/base/server:_a")
+    assert led.owns_mount("/base//link")
+    assert not led.owns_mount("/base/foreign")
+    assert not led.owns_mount("/base")
+    owner = led.owner_of("/base/server:_a")
+    assert owner is not None and owner.name == "a"
+
+
+def test_users_of_lists_dependents_only(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path))
+    led.put(entry("c"))
+    led.put(ledger.LedgerEntry("StoragePool", "p", depends_on=(("StorageConnection", "c"),)))
+    led.put(ledger.LedgerEntry("DomainMonitor", "m", depends_on=(("StoragePool", "p"),)))
+    assert [e.name for e in led.users_of("StorageConnection", "c")] == ["p"]
+    assert [e.name for e in led.users_of("StoragePool", "p")] == ["m"]
+    assert led.users_of("StorageConnection", "other") == []
+
+
+def test_concurrent_puts_from_threads_all_land(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path))
+    threads = [threading.Thread(target=led.put, args=(entry(f"c{i}"),)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(ledger.Ledger.load(str(tmp_path)).entries()) == 20
+
+
+HOLDER = """
+import sys, time
+from hostlib import ledger
+with ledger.host_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(30)
+"""
+
+
+def test_host_lock_non_blocking_names_the_holder(tmp_path: pathlib.Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == "locked"
+            with (
+                pytest.raises(ledger.LockHeld, match=f"held by pid {proc.pid}") as info,
+                ledger.host_lock(str(tmp_path), blocking=False),
+            ):
+                pass
+            assert info.value.pid == proc.pid
+            start = time.monotonic()
+            with pytest.raises(ledger.LockHeld), ledger.host_lock(str(tmp_path), timeout=0.3):
+                pass
+            assert 0.25 < time.monotonic() - start < 3
+        finally:
+            proc.kill()
+            proc.wait()
+    # the kernel released the dead holder's lock
+    with ledger.host_lock(str(tmp_path), blocking=False) as pid:
+        assert pid == os.getpid()
+        assert (tmp_path / "lock").read_text().strip() == str(os.getpid())
+
+
+def test_host_lock_is_reentrant_only_after_release(tmp_path: pathlib.Path) -> None:
+    with (
+        ledger.host_lock(str(tmp_path)),
+        pytest.raises(ledger.LockHeld, match=f"pid {os.getpid()}"),
+        ledger.host_lock(str(tmp_path), blocking=False),
+    ):
+        pass
+    with ledger.host_lock(str(tmp_path), blocking=False):
+        pass
