@@ -1,0 +1,169 @@
+"""One typed settings object for every hoststorage command, built once at start-up.
+
+Precedence, per field: a command-line flag, then the ``HOSTSTORAGE_<FIELD>`` environment variable
+(or the names listed in the field's ``env`` metadata), then the default written here. Nothing else in
+the program reads the environment: the composition root (:mod:`controller.cli`) builds :class:`Settings`
+and hands it (or the :class:`hostlib.config.HostConfig` it builds) down.
+
+Adding a setting: add a field with a default and a docstring. If a subcommand has a flag for it, give
+the flag ``dest=<field name>`` and ``default=None`` (``None`` means "not given on the command line")
+and :meth:`Settings.build` picks it up. Supported field types: ``str``, ``int``, ``float``, ``bool``,
+``tuple[str, ...]`` (environment: colon-separated) and their ``| None`` forms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any
+
+from hostlib import commands, config
+
+ENV_PREFIX = "HOSTSTORAGE_"
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable has a value that cannot be used; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    state_dir: str = "/var/lib/hoststorage"
+    """Where the ledger, the host lock and probe files live (``--state-dir``, ``HOSTSTORAGE_STATE_DIR``)."""
+
+    mount_base: str = ""
+    """Root of every mount point and link hoststorage makes; empty means ``<state_dir>/mnt``."""
+
+    allowed_host_paths: tuple[str, ...] = ()
+    """Absolute directories under which localfs connections, dir pools and hostPath monitors may live
+    (repeatable ``--allowed-host-path``; ``HOSTSTORAGE_ALLOWED_HOST_PATHS`` is colon-separated)."""
+
+    libvirt_uri: str = "qemu:///system"
+    """The libvirt connection StoragePools are managed through."""
+
+    command_timeout: float = 60.0
+    """Upper bound in seconds for one host command (mount, iscsiadm, ...); VDSM's out-of-process default."""
+
+    lock_timeout: float = 120.0
+    """How long a command waits for the host lock held by another hoststorage process before giving up."""
+
+    host_namespaces: bool = False
+    """Run host tools in PID 1's namespaces through nsenter (the agent in a privileged container)."""
+
+    use_host_scope: bool | None = None
+    """Start FUSE helpers under ``systemd-run --scope``; unset means "when systemd runs as PID 1"."""
+
+    allow_suid: bool = False
+    """Admin opt-in: do not force ``nosuid`` on mounts."""
+
+    allow_dev: bool = False
+    """Admin opt-in: do not force ``nodev`` on mounts."""
+
+    log_level: str = "WARNING"
+    """Python logging level name (DEBUG, INFO, WARNING, ERROR)."""
+
+    @property
+    def effective_mount_base(self) -> str:
+        return self.mount_base or os.path.join(self.state_dir, "mnt")
+
+    def host_config(self, runner: commands.RunnerProtocol | None = None) -> config.HostConfig:
+        """The host layer's view of these settings. ``runner`` replaces the real command runner (tests)."""
+        return config.HostConfig(
+            state_dir=self.state_dir,
+            mount_base=self.effective_mount_base,
+            allowed_host_paths=self.allowed_host_paths,
+            runner=runner if runner is not None else commands.Runner(host_namespaces=self.host_namespaces),
+            use_host_scope=self.use_host_scope,
+            libvirt_uri=self.libvirt_uri,
+            command_timeout=self.command_timeout,
+            allow_suid=self.allow_suid,
+            allow_dev=self.allow_dev,
+        )
+
+    @classmethod
+    def build(
+        cls, args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None
+    ) -> Settings:
+        """Flags (attributes of ``args`` named like the fields, None = not given), then env, then defaults."""
+        env = os.environ if environ is None else environ
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):
+            flag = getattr(args, field.name, None) if args is not None else None
+            if flag is not None:
+                values[field.name] = _from_flag(field.name, hints[field.name], flag)
+                continue
+            for var in env_names(field):
+                raw = env.get(var)
+                if raw is not None and raw != "":
+                    values[field.name] = _from_env(var, hints[field.name], raw)
+                    break
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for name in ("state_dir", "mount_base"):
+            value = getattr(self, name)
+            if value and not os.path.isabs(value):
+                raise SettingsError(f"{name.replace('_', '-')} must be an absolute path, got {value!r}")
+        for p in self.allowed_host_paths:
+            if not os.path.isabs(p):
+                raise SettingsError(f"allowed-host-path must be an absolute path, got {p!r}")
+            if os.path.normpath(p) == "/":
+                raise SettingsError("allowed-host-path / would allow the whole host")
+        if self.command_timeout <= 0:
+            raise SettingsError("command-timeout must be positive")
+        if self.lock_timeout < 0:
+            raise SettingsError("lock-timeout must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise SettingsError(f"log-level {self.log_level!r} is not a logging level name")
+
+
+def env_names(field: dataclasses.Field[Any]) -> tuple[str, ...]:
+    """The environment variables a field is read from: its ``env`` metadata, else HOSTSTORAGE_<NAME>."""
+    names = field.metadata.get("env")
+    if names:
+        return tuple(names)
+    return (ENV_PREFIX + field.name.upper(),)
+
+
+def _base_type(tp: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _from_flag(name: str, tp: Any, value: Any) -> Any:
+    base = _base_type(tp)
+    if typing.get_origin(base) is tuple:
+        return tuple(value) if isinstance(value, list | tuple) else (value,)
+    if isinstance(value, str) and base is not str:
+        return _from_env(f"--{name.replace('_', '-')}", tp, value)
+    return value
+
+
+def _from_env(var: str, tp: Any, raw: str) -> Any:
+    base = _base_type(tp)
+    if typing.get_origin(base) is tuple:
+        return tuple(p for p in raw.split(":") if p)
+    if base is bool:
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise SettingsError(f"{var}={raw!r}: expected true or false")
+    if base in (int, float):
+        try:
+            return base(raw)
+        except ValueError:
+            raise SettingsError(f"{var}={raw!r}: expected a number") from None
+    return raw
