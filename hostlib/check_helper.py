@@ -1,0 +1,269 @@
+"""The child process that touches possibly-hung storage for :mod:`hostlib.checker`.
+
+Run as ``python -m hostlib.check_helper``. It reads one JSON request per line on stdin and answers one
+JSON line per request on stdout, in completion order. Every request runs in its own short-lived thread,
+so a read stuck in uninterruptible sleep (a SIGSTOPped gluster brick, a dead NFS server) holds one thread
+of this process and nothing else: the main thread keeps accepting requests and other checks keep
+answering. The agent never waits for this process; when too many of its threads are stuck it starts a
+fresh helper and closes this one's stdin. On EOF the helper lets running checks finish and exits.
+
+Why a long-lived helper rather than VDSM's ``dd`` per check: fork+exec of a program costs far more CPU
+than starting a thread, and a thread stuck in D state here isolates the agent just as well, because the
+agent is a different process (see bench/monitors.py for the figures).
+
+Operations (``op``):
+- ``check``: find the file to read (an explicit ``path``, else a VDSM domain's ``dom_md/metadata`` under
+  ``target``, else the probe file ``target/<probe>``, created once when ``create`` is set), confine it
+  (realpath under ``root``), read 4 KiB with O_DIRECT and time that read, read the whole file when
+  ``data`` is set (VDSM metadata, up to ``limit`` bytes), and ``statvfs(target)``.
+- ``remove``: unlink a probe file (confined under ``root``).
+
+Only the standard library is imported here: the helper starts in tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import mmap
+import os
+import re
+import sys
+import threading
+import time
+from typing import Any
+
+BLOCK = 4096
+DEFAULT_LIMIT = 1024 * 1024
+PROBE_HEADER = b"hoststorage probe file: read periodically by DomainMonitor health checks\n"
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# A target with more entries than this is not a storage domain mount; do not spend a check listing it.
+MAX_SCAN = 4096
+
+_write_lock = threading.Lock()
+
+
+class CheckFailed(Exception):
+    def __init__(self, stage: str, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+        self.errno = err
+
+
+def _oserror(stage: str, path: str, exc: OSError) -> CheckFailed:
+    return CheckFailed(stage, f"{stage} {path}: {exc.strerror or exc}", exc.errno)
+
+
+def _under(root: str, path: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _confine(root: str, path: str) -> str:
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if not _under(real_root, real):
+        raise CheckFailed("confine", f"{path} resolves to {real}, outside {real_root}")
+    return real
+
+
+def _detect(target: str) -> tuple[str | None, list[str]]:
+    """The metadata file of the VDSM domain at or under ``target`` (None if none), and all domains seen."""
+    own = os.path.join(target, "dom_md", "metadata")
+    if os.path.isfile(own):
+        return own, [os.path.basename(os.path.normpath(target))]
+    domains: list[str] = []
+    with os.scandir(target) as entries:
+        for count, entry in enumerate(entries):
+            if count >= MAX_SCAN:
+                break
+            if UUID_RE.match(entry.name) and os.path.isfile(os.path.join(entry.path, "dom_md", "metadata")):
+                domains.append(entry.name)
+    domains.sort()
+    if len(domains) == 1:
+        return os.path.join(target, domains[0], "dom_md", "metadata"), domains
+    return None, domains
+
+
+def _create_probe(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, PROBE_HEADER.ljust(BLOCK, b"\n"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str, want_data: bool, limit: int) -> dict[str, Any]:
+    direct = True
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise _oserror("open", path, exc) from exc
+        # tmpfs and a few FUSE filesystems refuse O_DIRECT; a cached read still proves the path answers.
+        direct = False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc2:
+            raise _oserror("open", path, exc2) from exc2
+    # mmap gives the page-aligned buffer O_DIRECT needs.
+    buf = mmap.mmap(-1, BLOCK)
+    try:
+        start = time.monotonic()
+        try:
+            got = os.preadv(fd, [buf], 0)
+        except OSError as exc:
+            raise _oserror("read", path, exc) from exc
+        delay = time.monotonic() - start
+        out: dict[str, Any] = {"delay": delay, "direct": direct}
+        if want_data:
+            chunks = [buf[:got]]
+            total = got
+            offset = got
+            if got == BLOCK:
+                big = mmap.mmap(-1, 16 * BLOCK)
+                try:
+                    while total <= limit:
+                        try:
+                            n = os.preadv(fd, [big], offset)
+                        except OSError as exc:
+                            raise _oserror("read", path, exc) from exc
+                        if n <= 0:
+                            break
+                        chunks.append(big[:n])
+                        total += n
+                        offset += n
+                        if n < len(big):
+                            break
+                finally:
+                    big.close()
+            data = b"".join(chunks)
+            out["truncated"] = len(data) > limit
+            out["data"] = base64.b64encode(data[:limit]).decode("ascii")
+        return out
+    finally:
+        buf.close()
+        os.close(fd)
+
+
+def check(req: dict[str, Any]) -> dict[str, Any]:
+    target = str(req["target"])
+    root = str(req.get("root") or target)
+    path = req.get("path")
+    kind = "file"
+    out: dict[str, Any] = {}
+    if not path:
+        try:
+            found, domains = _detect(target)
+        except OSError as exc:
+            raise _oserror("detect", target, exc) from exc
+        out["domains"] = domains
+        if found is not None:
+            path, kind = found, "metadata"
+        elif domains:
+            raise CheckFailed(
+                "detect", f"{target} holds {len(domains)} storage domains; name one in the path"
+            )
+        else:
+            path, kind = os.path.join(target, str(req.get("probe") or ".hoststorage-probe")), "probe"
+            if req.get("create"):
+                try:
+                    _create_probe(path)
+                except OSError as exc:
+                    raise _oserror("create", path, exc) from exc
+    elif req.get("kind"):
+        kind = str(req["kind"])
+    try:
+        real = _confine(root, str(path))
+    except OSError as exc:
+        raise _oserror("confine", str(path), exc) from exc
+    want_data = bool(req.get("data")) or kind == "metadata"
+    out.update(_read(real, want_data, int(req.get("limit") or DEFAULT_LIMIT)))
+    out["path"] = str(path)
+    out["kind"] = kind
+    if req.get("statvfs", True):
+        try:
+            st = os.statvfs(target)
+        except OSError as exc:
+            raise _oserror("statvfs", target, exc) from exc
+        out["total"] = st.f_blocks * st.f_frsize
+        out["free"] = st.f_bavail * st.f_frsize
+    return out
+
+
+def remove(req: dict[str, Any]) -> dict[str, Any]:
+    path = str(req["path"])
+    real = _confine(str(req["root"]), path)
+    try:
+        os.unlink(real)
+    except FileNotFoundError:
+        return {"removed": False}
+    except OSError as exc:
+        raise _oserror("remove", path, exc) from exc
+    return {"removed": True}
+
+
+def _answer(out_fd: int, msg: dict[str, Any]) -> None:
+    data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+    with _write_lock:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(out_fd, view)
+            except BrokenPipeError:
+                # The agent abandoned us and closed its end; nobody wants this answer.
+                return
+            view = view[n:]
+
+
+def _run(out_fd: int, req: dict[str, Any]) -> None:
+    rid = req.get("id")
+    started = time.monotonic()
+    try:
+        op = req.get("op")
+        if op == "check":
+            body = check(req)
+        elif op == "remove":
+            body = remove(req)
+        elif op == "ping":
+            body = {}
+        else:
+            raise CheckFailed("request", f"unknown op {op!r}")
+        msg = {"id": rid, "ok": True, **body}
+    except CheckFailed as exc:
+        msg = {"id": rid, "ok": False, "stage": exc.stage, "error": exc.message, "errno": exc.errno}
+    except Exception as exc:  # a helper bug must become an answer, not a hang
+        msg = {"id": rid, "ok": False, "stage": "internal", "error": f"{type(exc).__name__}: {exc}"}
+    msg["elapsed"] = time.monotonic() - started
+    _answer(out_fd, msg)
+
+
+def main() -> int:
+    out_fd = sys.stdout.fileno()
+    threads: list[threading.Thread] = []
+    for line in sys.stdin.buffer:
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("request must be an object")
+        except ValueError as exc:
+            _answer(out_fd, {"id": None, "ok": False, "stage": "request", "error": str(exc)})
+            continue
+        t = threading.Thread(target=_run, args=(out_fd, req), daemon=True)
+        t.start()
+        threads = [x for x in threads if x.is_alive()]
+        threads.append(t)
+    # EOF: the agent is done with us. Let running checks answer (a stuck one keeps this process, not the
+    # agent, waiting until its storage returns).
+    for t in threads:
+        t.join()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
