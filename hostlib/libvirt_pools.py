@@ -32,7 +32,9 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import secrets as pysecrets
+import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -593,9 +595,11 @@ class PoolLayer:
             conn = self._conn
             outage = self._outage
         if conn is None:
-            detail = f" since {time.strftime('%H:%M:%S', time.localtime(outage.since))}: {outage.error}" if (
-                outage
-            ) else ""
+            detail = (
+                f" since {time.strftime('%H:%M:%S', time.localtime(outage.since))}: {outage.error}"
+                if (outage)
+                else ""
+            )
             raise LibvirtUnavailable(f"libvirt {self.uri} is not reachable{detail}")
         try:
             return self._bounded(what, lambda: fn(conn))
@@ -621,7 +625,11 @@ class PoolLayer:
         def run(conn: Any) -> PoolObserved | None:
             try:
                 pool = conn.storagePoolLookupByName(name)
-                return _observe_pool(pool)
+                observed = _observe_pool(pool)
+                if observed.active:
+                    # A running pool first seen now counts as fresh: the periodic refresh starts from here.
+                    self._last_refresh.setdefault(name, time.monotonic())
+                return observed
             except libvirt.libvirtError as exc:
                 # A pool undefined between lookup and info is as good as absent.
                 if _is_no_pool(exc):
@@ -733,6 +741,46 @@ class PoolLayer:
 
         self._secret_prints.pop(usage, None)
         return self._call(f"undefine secret {usage}", run, failure=SecretFailed)
+
+
+def _kernel_module_available(
+    module: str, *, sys_root: str = "/sys", modules_root: str = "/lib/modules"
+) -> bool:
+    """Loaded, built in, or installed as a loadable module for the running kernel."""
+    if os.path.isdir(os.path.join(sys_root, "module", module)):
+        return True
+    release = os.uname().release
+    for index in ("modules.builtin", "modules.dep"):
+        path = os.path.join(modules_root, release, index)
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                if any(f"/{module}.ko" in line for line in f):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def preflight(pool_type: str) -> None:
+    """Refuse, before anything is defined, a pool type this host cannot run (``Unsupported``).
+
+    iscsi pools need the kernel's iSCSI initiator (iscsi_tcp) and iscsiadm; logical pools need
+    device-mapper and the lvm2 tools. dir, fs, netfs and iscsi-direct (libiscsi in userspace) need
+    nothing beyond libvirtd; their own failures surface from libvirt with its message.
+    """
+    if pool_type == "iscsi":
+        if not _kernel_module_available("iscsi_tcp"):
+            raise errors.Unsupported(
+                "iscsi pools need the kernel iSCSI initiator, and this kernel has none "
+                "(iscsi_tcp is neither loaded nor installed); use iscsiDirect instead"
+            )
+        if shutil.which("iscsiadm") is None:
+            raise errors.Unsupported("iscsi pools need iscsiadm (open-iscsi), which is not installed")
+    elif pool_type == "logical":
+        if not (_kernel_module_available("dm_mod") or os.path.exists("/dev/mapper/control")):
+            raise errors.Unsupported("logical pools need device-mapper, and this kernel has none (no dm_mod)")
+        if shutil.which("vgs") is None:
+            raise errors.Unsupported("logical pools need the lvm2 tools (vgs), which are not installed")
 
 
 _shared_lock = threading.Lock()
