@@ -9,24 +9,17 @@ factories of the host layer. Tests hand in fakes with the real interfaces (a rec
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from hostlib import config as hostlib_config
-from hostlib import ledger
+from hostlib import connections, ledger
 
 SecretLookup = Callable[[str, str], Mapping[str, str]]
 """(namespace, name) -> the Secret's decoded data; raises KeyError when there is no such Secret."""
 
-ConnectionFactory = Callable[[str, Any, hostlib_config.HostConfig], Any]
-"""(name, params, host config) -> hostlib.connections.Connection."""
-
-
-def _default_make_connection(name: str, params: Any, host_config: hostlib_config.HostConfig) -> Any:
-    # Imported on first use: keeps `hoststorage --version` and the pure reconciler tests light.
-    connections = importlib.import_module("hostlib.connections")
-    return connections.make_connection(name, params, host_config)
+ConnectionFactory = Callable[[str, connections.Params, hostlib_config.HostConfig], connections.Connection]
+"""(name, params, host config) -> Connection; validates first (InvalidSpec) and touches nothing."""
 
 
 @dataclasses.dataclass
@@ -35,7 +28,7 @@ class Host:
     """Where hoststorage mounts, keeps state, and which host paths it may use."""
     ledger: ledger.Ledger
     """What this host owns; teardown never touches anything not listed here."""
-    make_connection: ConnectionFactory = _default_make_connection
+    make_connection: ConnectionFactory = connections.make_connection
     """Factory of connection objects (``hostlib.connections.make_connection``)."""
     secret_lookup: SecretLookup | None = None
     """Secrets for ``chapSecretRef``: local mode serves those of the input files, the agent its namespace."""
