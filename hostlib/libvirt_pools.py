@@ -262,8 +262,11 @@ def parse_pool_xml(text: str) -> PoolDefinition:
     )
 
 
-def build_secret_xml(usage: str, description: str) -> str:
+def build_secret_xml(usage: str, description: str, uuid: str | None = None) -> str:
     secret = ET.Element("secret", {"ephemeral": "no", "private": "yes"})
+    if uuid:
+        # Redefining a secret of the same usage must keep its UUID, or libvirt refuses.
+        ET.SubElement(secret, "uuid").text = uuid
     ET.SubElement(secret, "description").text = description
     usage_el = ET.SubElement(secret, "usage", {"type": "iscsi"})
     ET.SubElement(usage_el, "target").text = usage
@@ -718,7 +721,7 @@ class PoolLayer:
         existing = self.secret_uuid(usage)
         if existing is not None and self._secret_prints.get(usage) == fingerprint:
             return False
-        xml = build_secret_xml(usage, description)
+        xml = build_secret_xml(usage, description, existing)
 
         def run(conn: Any) -> None:
             secret = conn.secretDefineXML(xml, 0)

@@ -37,10 +37,17 @@ def virsh(*args: str, check: bool = True, timeout: float = 30.0) -> str:
     return proc.stdout
 
 
+def vol_names(pool: str) -> list[str]:
+    """Volume names of a running pool, from ``virsh vol-list`` (its table: a header, dashes, rows)."""
+    lines = virsh("vol-list", pool).splitlines()
+    rows = lines[2:] if len(lines) >= 2 else []
+    return [row.split()[0] for row in rows if row.strip()]
+
+
 def libvirtd_answers(timeout: float = 5.0) -> bool:
     try:
         proc = subprocess.run(
-            ["virsh", "-c", URI, "version"], capture_output=True, text=True, timeout=timeout, check=False
+            ["virsh", "-c", URI, "pool-list", "--all", "--name"], capture_output=True, text=True, timeout=timeout, check=False
         )
     except subprocess.TimeoutExpired:
         return False
