@@ -47,7 +47,11 @@ def vol_names(pool: str) -> list[str]:
 def libvirtd_answers(timeout: float = 5.0) -> bool:
     try:
         proc = subprocess.run(
-            ["virsh", "-c", URI, "pool-list", "--all", "--name"], capture_output=True, text=True, timeout=timeout, check=False
+            ["virsh", "-c", URI, "pool-list", "--all", "--name"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         return False
