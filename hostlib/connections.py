@@ -802,7 +802,7 @@ def gluster_options(params: GlusterfsParams, host: HostConfig) -> tuple[str, ...
 def posix_mount_point(base: str, source: str) -> str:
     if source.startswith("/"):
         # VDSM normalises local paths with normpath, which keeps a leading '//' (cifs //server/share).
-        return mounts._under_base(
+        return mounts.under_base(
             base, mounts.escape_path(os.path.normpath(source)), field="spec.posixfs.source"
         )
     return mounts.mount_point_for(base, source, field="spec.posixfs.source")

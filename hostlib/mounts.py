@@ -148,6 +148,7 @@ def parse_mountinfo(
             sep = fields.index("-", 6)
             mount_id, parent_id, major_minor, root, target, options = fields[:6]
             fstype, source, super_options = fields[sep + 1 : sep + 4]
+            ids = (int(mount_id), int(parent_id))
         except ValueError:
             log.warning("skipping malformed mountinfo line %r", line)
             continue
@@ -159,8 +160,8 @@ def parse_mountinfo(
         src = unescape(source)
         records.append(
             MountRecord(
-                mount_id=int(mount_id),
-                parent_id=int(parent_id),
+                mount_id=ids[0],
+                parent_id=ids[1],
                 major_minor=major_minor,
                 root=root,
                 target=target,
@@ -247,7 +248,12 @@ def escape_path(path: str) -> str:
     return path.replace("_", "__").replace("/", "_")
 
 
-def _under_base(base: str, name: str, *, field: str | None) -> str:
+def under_base(base: str, name: str, *, field: str | None, link_ok: bool = False) -> str:
+    """``<realpath(base)>/<name>``, refused unless it stays directly under the base after realpath.
+
+    A symlink there is refused for mount points (mounting would follow it out of the base); localfs
+    passes ``link_ok`` because its target *is* a link, which it checks itself.
+    """
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise errors.InvalidSpec(f"cannot derive a mount point from {name!r}", field=field)
     if len(name.encode("utf-8", "surrogateescape")) > MAX_COMPONENT:
@@ -256,9 +262,13 @@ def _under_base(base: str, name: str, *, field: str | None) -> str:
         )
     real_base = os.path.realpath(base)
     candidate = os.path.join(real_base, name)
-    # lstat only: the final component may be one of our own symlinks (localfs) or a mount point.
     if os.path.islink(candidate):
-        return candidate
+        if link_ok:
+            return candidate
+        raise errors.InvalidSpec(
+            f"mount point {candidate!r} is a symlink to {os.readlink(candidate)!r}; refusing to follow it",
+            field=field,
+        )
     real = os.path.realpath(candidate)
     if os.path.dirname(real) != real_base:
         raise errors.InvalidSpec(f"mount point {candidate!r} escapes {real_base!r}", field=field)
@@ -267,18 +277,19 @@ def _under_base(base: str, name: str, *, field: str | None) -> str:
 
 def mount_point_for(base: str, remote: str, *, field: str | None = None) -> str:
     """``<base>/<escaped normalised remote>``, e.g. ``server:/a/b_c`` -> ``<base>/server:_a_b__c``."""
-    return _under_base(base, escape_path(normalize_remote(remote, field=field)), field=field)
+    return under_base(base, escape_path(normalize_remote(remote, field=field)), field=field)
 
 
 def gluster_mount_point(base: str, server: str, volume: str, *, field: str | None = None) -> str:
     """``<base>/glusterSD/<escaped server:/volume>``, as VDSM mounts gluster domains."""
     remote = normalize_remote(f"{server}:/{volume.lstrip('/')}", field=field)
-    return _under_base(os.path.join(base, GLUSTER_DIR), escape_path(remote), field=field)
+    gluster_dir = under_base(base, GLUSTER_DIR, field=field)
+    return under_base(gluster_dir, escape_path(remote), field=field)
 
 
 def local_link_for(base: str, local_path: str, *, field: str | None = None) -> str:
     """The localfs link: ``<base>/<escaped path>``, e.g. ``/data/x_y`` -> ``<base>/_data_x__y``."""
-    return _under_base(base, escape_path(_normpath(local_path)), field=field)
+    return under_base(base, escape_path(_normpath(local_path)), field=field, link_ok=True)
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -476,8 +487,10 @@ def check_option(
     if pattern is None:
         if eq:
             raise errors.InvalidSpec(f"mount option {name!r} takes no value", field=field)
-    elif not eq or not re.fullmatch(pattern, value):
-        raise errors.InvalidSpec(f"mount option {name!r} needs a value matching {pattern}", field=field)
+    elif not eq or not re.fullmatch(pattern, value) or ".." in value.split("/"):
+        raise errors.InvalidSpec(
+            f"mount option {name!r} needs a value matching {pattern} (no '..')", field=field
+        )
     return option
 
 
