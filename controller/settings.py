@@ -66,6 +66,49 @@ class Settings:
     log_level: str = "WARNING"
     """Python logging level name (DEBUG, INFO, WARNING, ERROR)."""
 
+    # ---- agent and controller (the cluster modes)
+
+    node_name: str = dataclasses.field(default="", metadata={"env": ("NODE_NAME", "HOSTSTORAGE_NODE_NAME")})
+    """The Node this agent serves (``NODE_NAME`` from the downward API); required by ``agent``."""
+
+    kubeconfig: str = dataclasses.field(
+        default="", metadata={"env": ("HOSTSTORAGE_KUBECONFIG", "KUBECONFIG")})
+    """kubeconfig file; empty means in-cluster config, else ``~/.kube/config``."""
+
+    health_port: int = 8080
+    """Port of ``/healthz`` and ``/readyz`` (0 disables)."""
+
+    metrics_port: int = 9090
+    """Port of the Prometheus ``/metrics`` endpoint (0 disables)."""
+
+    resync_seconds: float = 60.0
+    """Every applicable object is re-reconciled this often (jittered by 10 %), repairing drift."""
+
+    workers: int = 4
+    """Objects reconciled at once (one object never twice at once)."""
+
+    shutdown_timeout: float = 20.0
+    """On SIGTERM, how long in-flight work may take before the process exits anyway (mounts stay)."""
+
+    profile_dir: str = ""
+    """Write CPU (cProfile) and memory (tracemalloc) profiles here on exit and on SIGUSR1; off when empty."""
+
+    event_namespace: str = dataclasses.field(
+        default="default", metadata={"env": ("HOSTSTORAGE_EVENT_NAMESPACE", "POD_NAMESPACE")})
+    """Namespace of Events about cluster-scoped objects, and of the controller's Lease."""
+
+    node_gone_grace: float = 300.0
+    """Controller: a node NotReady this long no longer blocks a parent's teardown finalizer."""
+
+    leader_election: bool = False
+    """Controller: take a coordination.k8s.io Lease before acting (run with more than one replica)."""
+
+    lease_name: str = "hoststorage-controller"
+    """Controller: name of the leader-election Lease."""
+
+    lease_seconds: float = 15.0
+    """Controller: Lease duration; a leader renews every third of it."""
+
     @property
     def effective_mount_base(self) -> str:
         return self.mount_base or os.path.join(self.state_dir, "mnt")
@@ -120,6 +163,11 @@ class Settings:
             raise SettingsError("command-timeout must be positive")
         if self.lock_timeout < 0:
             raise SettingsError("lock-timeout must not be negative")
+        for name in ("health_port", "metrics_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise SettingsError(f"{name.replace('_', '-')} must be a port number")
+        if self.resync_seconds <= 0 or self.workers < 1 or self.shutdown_timeout < 0:
+            raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"log-level {self.log_level!r} is not a logging level name")
 
