@@ -70,7 +70,7 @@ class CommandError(errors.HostStorageError):
         self.rc = rc
         self.output = output
         self.timed_out = timed_out
-        what = "timed out" if timed_out else f"exited with {rc}"
+        what = "timed out" if timed_out else ("could not run" if rc is None else f"exited with {rc}")
         detail = f": {output}" if output else ""
         super().__init__(f"{' '.join(self.argv)} {what}{detail}")
 
@@ -114,7 +114,7 @@ class Runner:
         check: bool = True,
         env: Mapping[str, str] | None = None,
     ) -> Result:
-        if not argv or not all(isinstance(a, str) for a in argv):
+        if isinstance(argv, (str, bytes)) or not argv or not all(isinstance(a, str) for a in argv):
             raise TypeError(f"argv must be a non-empty list of str, got {argv!r}")
         if any("\0" in a for a in argv):
             raise errors.InvalidSpec("NUL byte in a command argument")

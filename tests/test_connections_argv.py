@@ -1,0 +1,517 @@
+"""Connections against a fake host: exact argv, plans, idempotency, undo of partial work, validation.
+
+The real mounts are in test_connections_host.py; here :class:`FakeHost` replaces the runner and the mount
+table so every branch (mount failure, access failure, busy unmount, foreign mount) runs deterministically
+and nfs/glusterfs-with-systemd argv can be checked even though this machine cannot run them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import pytest
+
+from hostlib import commands, config, connections, errors, mounts
+
+# ------------------------------------------------------------------------------------------ the fake
+
+
+class FakeHost:
+    """Replaces commands.Runner and /proc/self/mountinfo: records argv, keeps a mount table.
+
+    ``fail[prefix] = (rc, output)`` makes every command starting with ``prefix`` fail.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.secrets: list[tuple[str, ...]] = []
+        self.table: list[mounts.MountRecord] = []
+        self.fail: dict[tuple[str, ...], tuple[int, str]] = {}
+        self._next_id = 1000
+
+    def add_mount(self, source: str, target: str, fstype: str = "ext4") -> None:
+        self._next_id += 1
+        line = f"{self._next_id} 1 0:99 / {target} rw,nosuid - {fstype} {source} rw"
+        self.table += mounts.parse_mountinfo(line)
+
+    def read_mounts(self, path: str = mounts.MOUNTINFO) -> list[mounts.MountRecord]:
+        return list(self.table)
+
+    def __call__(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        secrets: Sequence[str] = (),
+        input_text: str | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> commands.Result:
+        argv = tuple(argv)
+        assert timeout > 0
+        self.calls.append(argv)
+        self.secrets.append(tuple(secrets))
+        for prefix, (rc, out) in self.fail.items():
+            if argv[: len(prefix)] == prefix:
+                if check:
+                    raise commands.CommandError(argv, rc, out)
+                return commands.Result(argv, rc, "", out, 0.0)
+        core = argv[3:] if argv[0] == "systemd-run" else argv
+        if core[0] == "mount":
+            self.add_mount(core[-2], core[-1], core[2])
+        elif core[0] == "umount":
+            self.table = [r for r in self.table if r.target != core[-1]]
+        return commands.Result(argv, 0, "", "", 0.0)
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
+    host = FakeHost()
+    monkeypatch.setattr(mounts, "read_mounts", host.read_mounts)
+    yield host
+
+
+@pytest.fixture
+def host(tmp_path: pathlib.Path, fake: FakeHost) -> config.HostConfig:
+    (tmp_path / "allowed").mkdir()
+    return config.HostConfig(
+        state_dir=str(tmp_path / "state"),
+        mount_base=str(tmp_path / "mnt"),
+        allowed_host_paths=(str(tmp_path / "allowed"),),
+        runner=fake,
+        use_host_scope=False,
+    )
+
+
+def mount_calls(fake: FakeHost) -> list[tuple[str, ...]]:
+    return [c for c in fake.calls if "mount" in c[:4] or "umount" in c[:1]]
+
+
+# ------------------------------------------------------------------------------------------ nfs argv
+
+NFS_CASES = [
+    (connections.NfsParams("server", "/a/b_c"), "soft,nosharecache,timeo=100,retrans=3,nolock,nosuid,nodev"),
+    (
+        connections.NfsParams("server", "/a", version="3"),
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=3,nolock,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", version="4"),
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=4,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", version="4.1"),
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=4,minorversion=1,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", version="4.2"),
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=4,minorversion=2,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", version="3", options=("lock",)),
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=3,lock,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", options=("lock", "nolock")),
+        "soft,nosharecache,timeo=100,retrans=3,lock,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", timeo=50, retrans=5, options=("noatime", "rsize=65536")),
+        "soft,nosharecache,timeo=50,retrans=5,nolock,noatime,rsize=65536,nosuid,nodev",
+    ),
+    (
+        connections.NfsParams("server", "/a", version="4", options=("nosuid", "ro")),
+        "soft,nosharecache,timeo=100,retrans=3,nfsvers=4,nosuid,ro,nodev",
+    ),
+]
+
+
+@pytest.mark.parametrize(("params", "opts"), NFS_CASES)
+def test_nfs_mount_argv(host: config.HostConfig, params: connections.NfsParams, opts: str) -> None:
+    conn = connections.make_connection("c", params, host)
+    assert isinstance(conn, connections.NfsConnection)
+    target = os.path.join(host.mount_base, mounts.escape_path(f"server:{params.export}"))
+    assert conn.mount_argv() == ("mount", "-t", "nfs", "-o", opts, f"server:{params.export}", target)
+
+
+@pytest.mark.parametrize(
+    ("server", "export", "source", "name"),
+    [
+        ("server", "//a/", "server:/a", "server:_a"),
+        ("server", "/a/b_c", "server:/a/b_c", "server:_a_b__c"),
+        ("fd00:0::1", "/exp", "[fd00::1]:/exp", "[fd00::1]:_exp"),
+        ("[fd00::1]", "/exp/", "[fd00::1]:/exp", "[fd00::1]:_exp"),
+    ],
+)
+def test_nfs_source_and_mount_point(
+    host: config.HostConfig, server: str, export: str, source: str, name: str
+) -> None:
+    conn = connections.make_connection("c", connections.NfsParams(server, export), host)
+    assert conn.mount_argv()[-2:] == (source, os.path.join(host.mount_base, name))  # type: ignore[attr-defined]
+    assert conn.target() == os.path.join(host.mount_base, name)
+
+
+def test_nfs_admin_may_allow_suid_and_dev(host: config.HostConfig) -> None:
+    relaxed = dataclasses.replace(host, allow_suid=True, allow_dev=True)
+    conn = connections.make_connection("c", connections.NfsParams("s", "/a", options=("suid",)), relaxed)
+    assert conn.mount_argv()[4] == "soft,nosharecache,timeo=100,retrans=3,nolock,suid"  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------ glusterfs / posixfs argv
+
+
+@pytest.mark.parametrize("scope", [False, True])
+def test_gluster_argv_with_and_without_host_scope(host: config.HostConfig, scope: bool) -> None:
+    cfg = dataclasses.replace(host, use_host_scope=scope)
+    params = connections.GlusterfsParams(
+        "gl1.example", "vol_1", ("gl2.example", "10.0.0.3"), ("log-level=WARNING",)
+    )
+    conn = connections.make_connection("g", params, cfg)
+    target = os.path.join(os.path.realpath(host.mount_base), "glusterSD", "gl1.example:_vol__1")
+    mount = (
+        "mount",
+        "-t",
+        "glusterfs",
+        "-o",
+        "log-level=WARNING,backup-volfile-servers=gl2.example:10.0.0.3,nosuid,nodev",
+        "gl1.example:/vol_1",
+        target,
+    )
+    prefix = ("systemd-run", "--scope", "--slice=hoststorage-glusterfs") if scope else ()
+    assert conn.mount_argv() == (*prefix, *mount)  # type: ignore[attr-defined]
+    plan = conn.plan_connect(conn.observe())
+    assert [a.verb for a in plan] == ["mkdir", "mount"]
+    assert plan[1].argv == (*prefix, *mount)
+
+
+def test_host_scope_default_follows_systemd(host: config.HostConfig) -> None:
+    cfg = dataclasses.replace(host, use_host_scope=None)
+    expected = os.path.isdir("/run/systemd/system") and commands.which("systemd-run") is not None
+    assert cfg.host_scope is expected
+
+
+@pytest.mark.parametrize(
+    ("params", "argv_tail"),
+    [
+        (connections.PosixfsParams("/dev/loop7", "ext4"), ("-t", "ext4", "-o", "nosuid,nodev", "/dev/loop7")),
+        (
+            connections.PosixfsParams("/dev/loop7", "xfs", ("noatime", "nouuid")),
+            ("-t", "xfs", "-o", "noatime,nouuid,nosuid,nodev", "/dev/loop7"),
+        ),
+        (
+            connections.PosixfsParams("ceph1:6789:/vms", "ext4"),
+            ("-t", "ext4", "-o", "nosuid,nodev", "ceph1:6789:/vms"),
+        ),
+        (
+            connections.PosixfsParams("//smb.example/share", "cifs", ("vers=3.0",)),
+            ("-t", "cifs", "-o", "vers=3.0,nosuid,nodev", "//smb.example/share"),
+        ),
+    ],
+)
+def test_posixfs_argv(
+    host: config.HostConfig, params: connections.PosixfsParams, argv_tail: tuple[str, ...]
+) -> None:
+    conn = connections.make_connection("p", params, host)
+    argv = conn.mount_argv()  # type: ignore[attr-defined]
+    assert argv[0] == "mount"
+    assert argv[1:-1] == argv_tail
+    assert argv[-1] == conn.target()
+
+
+def test_posixfs_mount_point_names(host: config.HostConfig) -> None:
+    base = os.path.realpath(host.mount_base)
+    for source, name in [("/dev/loop7", "_dev_loop7"), ("/dev/disk/by-id/x_y", "_dev_disk_by-id_x__y")]:
+        conn = connections.make_connection("p", connections.PosixfsParams(source, "ext4"), host)
+        assert conn.target() == os.path.join(base, name)
+
+
+# --------------------------------------------------------------------------------- connect / plans
+
+
+def test_connect_is_idempotent_and_plans_shrink(host: config.HostConfig, fake: FakeHost) -> None:
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    assert isinstance(conn, connections.Connection)
+    before = conn.observe()
+    assert not before.connected and not before.target_exists
+    assert [a.verb for a in conn.plan_connect(before)] == ["mkdir", "mount"]
+    assert conn.connect() is True
+    target = conn.target()
+    assert fake.calls[0] == ("mount", "-t", "ext4", "-o", "nosuid,nodev", "/dev/loop7", target)
+    assert fake.calls[1] == ("test", "-d", target, "-a", "-r", target, "-a", "-w", target, "-a", "-x", target)
+    after = conn.observe()
+    assert after.connected and after.source == "/dev/loop7" and after.fstype == "ext4"
+    assert after.to_dict()["mountPoint"] == target
+    assert conn.plan_connect(after) == []
+    n = len(fake.calls)
+    assert conn.connect() is False
+    assert len(fake.calls) == n, "a second connect runs nothing"
+
+
+def test_read_only_mount_checks_r_x_only(host: config.HostConfig, fake: FakeHost) -> None:
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4", ("ro",)), host)
+    conn.connect()
+    t = conn.target()
+    assert fake.calls[1] == ("test", "-d", t, "-a", "-r", t, "-a", "-x", t)
+
+
+def test_failed_mount_removes_the_dir_it_created(host: config.HostConfig, fake: FakeHost) -> None:
+    fake.fail[("mount",)] = (32, "mount: /x: wrong fs type, bad option, bad superblock on /dev/loop7")
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    with pytest.raises(errors.MountFailed, match="wrong fs type") as info:
+        conn.connect()
+    assert info.value.reason == "MountFailed"
+    assert not os.path.lexists(conn.target())
+
+
+def test_failed_mount_keeps_a_dir_that_was_there(host: config.HostConfig, fake: FakeHost) -> None:
+    fake.fail[("mount",)] = (32, "mount: failed")
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    os.makedirs(conn.target())
+    assert [a.verb for a in conn.plan_connect(conn.observe())] == ["mount"]
+    with pytest.raises(errors.MountFailed):
+        conn.connect()
+    assert os.path.isdir(conn.target())
+
+
+@pytest.mark.parametrize(
+    ("output", "exc"),
+    [
+        ("mount: /x: unknown filesystem type 'nfs'.", errors.Unsupported),
+        ("mount.nfs: No such device", errors.Unsupported),
+        ("mount.nfs: Connection refused", errors.MountFailed),
+    ],
+)
+def test_mount_errors_map_to_reasons(
+    host: config.HostConfig, fake: FakeHost, output: str, exc: type[Exception]
+) -> None:
+    fake.fail[("mount",)] = (32, output)
+    conn = connections.make_connection("n", connections.NfsParams("server", "/a"), host)
+    with pytest.raises(exc, match=output.rsplit(": ", maxsplit=1)[-1][:10]):
+        conn.connect()
+    assert not os.path.lexists(conn.target())
+
+
+def test_access_failure_unmounts_and_is_permission_denied(host: config.HostConfig, fake: FakeHost) -> None:
+    fake.fail[("test",)] = (1, "")
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    with pytest.raises(errors.PermissionDenied, match="no rwx access"):
+        conn.connect()
+    assert fake.calls[-1] == ("umount", "-l", conn.target())
+    assert not conn.observe().connected
+    assert not os.path.lexists(conn.target())
+
+
+def test_disconnect_unmounts_and_removes_the_dir(host: config.HostConfig, fake: FakeHost) -> None:
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    conn.connect()
+    plan = conn.plan_disconnect(conn.observe())
+    assert [(a.verb, a.argv) for a in plan] == [("umount", ("umount", conn.target())), ("rmdir", None)]
+    assert conn.disconnect() is True
+    assert fake.calls[-1] == ("umount", conn.target())
+    assert not os.path.lexists(conn.target())
+    assert conn.disconnect() is False
+    assert conn.plan_disconnect(conn.observe()) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "forced"),
+    [
+        (connections.NfsParams("server", "/a"), ("umount", "-f", "-l")),
+        (connections.PosixfsParams("/dev/loop7", "ext4"), ("umount", "-l")),
+        (connections.GlusterfsParams("h", "v"), ("umount", "-l")),
+    ],
+)
+def test_busy_disconnect_is_in_use_unless_forced(
+    host: config.HostConfig, fake: FakeHost, params: connections.Params, forced: tuple[str, ...]
+) -> None:
+    conn = connections.make_connection("c", params, host)
+    conn.connect()
+    fake.fail[("umount", conn.target())] = (32, f"umount: {conn.target()}: target is busy.")
+    with pytest.raises(errors.InUse, match="is busy"):
+        conn.disconnect()
+    assert conn.observe().connected
+    assert conn.disconnect(force=True) is True
+    assert fake.calls[-1] == (*forced, conn.target())
+    assert not os.path.lexists(conn.target())
+
+
+def test_foreign_mount_on_our_mount_point_is_left_alone(host: config.HostConfig, fake: FakeHost) -> None:
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    os.makedirs(conn.target())
+    fake.add_mount("/dev/other", conn.target())
+    observed = conn.observe()
+    assert not observed.connected
+    assert observed.conflict and "/dev/other" in observed.conflict
+    with pytest.raises(errors.Conflict):
+        conn.plan_connect(observed)
+    with pytest.raises(errors.Conflict):
+        conn.connect()
+    assert conn.plan_disconnect(observed) == []
+    assert conn.disconnect(force=True) is False
+    assert fake.calls == []
+    assert os.path.isdir(conn.target())
+
+
+def test_missing_mount_tool_is_unsupported(
+    host: config.HostConfig, fake: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def not_found(argv: Sequence[str], **kwargs: object) -> commands.Result:
+        raise commands.CommandNotFound(argv, None, "mount: command not found")
+
+    cfg = dataclasses.replace(host, runner=not_found)
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), cfg)
+    with pytest.raises(errors.Unsupported):
+        conn.connect()
+
+
+# ----------------------------------------------------------------------------------------- localfs
+
+
+def test_localfs_link_lifecycle(host: config.HostConfig, tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "allowed" / "data_1"
+    data.mkdir()
+    conn = connections.make_connection("l", connections.LocalfsParams(str(data)), host)
+    link = os.path.join(os.path.realpath(host.mount_base), mounts.escape_path(str(data)))
+    assert conn.target() == link
+    assert [a.verb for a in conn.plan_connect(conn.observe())] == ["symlink"]
+    assert conn.connect() is True
+    assert os.readlink(link) == str(data)
+    assert conn.observe().connected
+    assert conn.connect() is False
+    assert [a.verb for a in conn.plan_disconnect(conn.observe())] == ["unlink"]
+    assert conn.disconnect() is True
+    assert not os.path.lexists(link)
+    assert data.is_dir(), "the data directory itself is never touched"
+    assert conn.disconnect() is False
+
+
+def test_localfs_missing_dir_is_a_clear_error(host: config.HostConfig, tmp_path: pathlib.Path) -> None:
+    conn = connections.make_connection(
+        "l", connections.LocalfsParams(str(tmp_path / "allowed" / "nope")), host
+    )
+    with pytest.raises(errors.NotFound, match="does not exist or is not a directory"):
+        conn.connect()
+    assert not os.path.lexists(conn.target())
+
+
+def test_localfs_foreign_file_is_a_conflict(host: config.HostConfig, tmp_path: pathlib.Path) -> None:
+    data = tmp_path / "allowed" / "d"
+    data.mkdir()
+    conn = connections.make_connection("l", connections.LocalfsParams(str(data)), host)
+    os.makedirs(host.mount_base, exist_ok=True)
+    with open(conn.target(), "w") as f:
+        f.write("not ours")
+    with pytest.raises(errors.Conflict, match="not a link"):
+        conn.connect()
+    assert conn.disconnect() is False
+    assert os.path.isfile(conn.target())
+
+
+def test_localfs_symlink_escape_is_refused(host: config.HostConfig, tmp_path: pathlib.Path) -> None:
+    os.symlink("/etc", tmp_path / "allowed" / "sneaky")
+    with pytest.raises(errors.InvalidSpec, match="outside the allowed host paths"):
+        connections.make_connection(
+            "l", connections.LocalfsParams(str(tmp_path / "allowed" / "sneaky")), host
+        )
+
+
+def test_localfs_needs_allowed_paths(host: config.HostConfig) -> None:
+    cfg = dataclasses.replace(host, allowed_host_paths=())
+    with pytest.raises(errors.InvalidSpec, match="no allowed host paths"):
+        connections.make_connection("l", connections.LocalfsParams("/tmp"), cfg)
+
+
+# ------------------------------------------------------------------------------------- validation
+
+BAD_SPECS: list[tuple[connections.Params, str, str]] = [
+    (connections.NfsParams("", "/a"), "spec.nfs.server", "must not be empty"),
+    (connections.NfsParams("-oexec", "/a"), "spec.nfs.server", "not a valid hostname"),
+    (connections.NfsParams("s;reboot", "/a"), "spec.nfs.server", "not a valid hostname"),
+    (connections.NfsParams("s", "a"), "spec.nfs.export", "not an absolute path"),
+    (connections.NfsParams("s", "/a/../../etc"), "spec.nfs.export", "'..' component"),
+    (connections.NfsParams("s", "/a\0"), "spec.nfs.export", "NUL"),
+    (connections.NfsParams("s", "/a\n/b"), "spec.nfs.export", "control character"),
+    (connections.NfsParams("s", "/" + "x" * 2000), "spec.nfs.export", "longer than"),
+    (connections.NfsParams("s", "/a", version="5"), "spec.nfs.version", "not one of"),
+    (connections.NfsParams("s", "/a", timeo=0), "spec.nfs.timeo", "out of range"),
+    (connections.NfsParams("s", "/a", timeo=True), "spec.nfs.timeo", "must be an integer"),
+    (connections.NfsParams("s", "/a", retrans=-1), "spec.nfs.retrans", "out of range"),
+    (connections.NfsParams("s", "/a", options=("exec",)), "spec.nfs.options[0]", "undo noexec"),
+    (
+        connections.NfsParams("s", "/a", options=("ro", "remount")),
+        "spec.nfs.options[1]",
+        "existing host mount",
+    ),
+    (connections.NfsParams("s", "/a", options=("ro,suid",)), "spec.nfs.options[0]", "comma"),
+    (connections.PosixfsParams("/dev/loop0", ""), "spec.posixfs.vfsType", "is required"),
+    (connections.PosixfsParams("/dev/loop0", "nfs"), "spec.posixfs.vfsType", "use type nfs"),
+    (connections.PosixfsParams("/dev/loop0", "bind"), "spec.posixfs.vfsType", "bind mounts"),
+    (connections.PosixfsParams("/dev/loop0", "zfs"), "spec.posixfs.vfsType", "not one of"),
+    (connections.PosixfsParams("/etc/shadow", "ext4"), "spec.posixfs.source", "device path under /dev"),
+    (connections.PosixfsParams("/dev/../etc/shadow", "ext4"), "spec.posixfs.source", "'..' component"),
+    (connections.PosixfsParams("dev/loop0", "ext4"), "spec.posixfs.source", "server:/path"),
+    (connections.PosixfsParams("-o:/x", "ext4"), "spec.posixfs.source", "not a valid hostname"),
+    (connections.PosixfsParams("h:99999:/x", "ext4"), "spec.posixfs.source", "port must be"),
+    (connections.PosixfsParams("/dev/loop0", "ext4", ("loop",)), "spec.posixfs.options[0]", "image file"),
+    (connections.GlusterfsParams("h", "v/../x"), "spec.glusterfs.volume", "not a gluster volume"),
+    (connections.GlusterfsParams("h", "-v"), "spec.glusterfs.volume", "not a gluster volume"),
+    (
+        connections.GlusterfsParams("h", "v", ("b;c",)),
+        "spec.glusterfs.backupServers[0]",
+        "not a valid hostname",
+    ),
+    (connections.GlusterfsParams("h", "v", ("[fd00::1]",)), "spec.glusterfs.backupServers[0]", "IPv6"),
+    (connections.GlusterfsParams("h", "v", ("b",) * 17), "spec.glusterfs.backupServers", "at most 16"),
+    (
+        connections.GlusterfsParams("h", "v", options=("backup-volfile-servers=x",)),
+        "spec.glusterfs.options[0]",
+        "backupServers",
+    ),
+    (connections.IscsiParams("h:0", "iqn.2003-01.org.x:t"), "spec.iscsi.portal", "port must be"),
+    (connections.IscsiParams("h", "not-an-iqn"), "spec.iscsi.target", "not an iSCSI name"),
+    (connections.IscsiParams("h", "iqn.2003-01.org.x:t", lun=-1), "spec.iscsi.lun", "out of range"),
+    (
+        connections.IscsiParams("h", "iqn.2003-01.org.x:t", initiator_name="-x"),
+        "spec.iscsi.initiatorName",
+        "not an iSCSI",
+    ),
+    (
+        connections.IscsiParams("h", "iqn.2003-01.org.x:t", chap=connections.ChapCredentials("u", "")),
+        "spec.iscsi.chapSecretRef",
+        "1-255",
+    ),
+    (
+        connections.IscsiParams("h", "iqn.2003-01.org.x:t", chap=connections.ChapCredentials("u", "a\nb")),
+        "spec.iscsi.chapSecretRef",
+        "control character",
+    ),
+    (connections.LocalfsParams("relative"), "spec.localfs.path", "not an absolute path"),
+    (connections.LocalfsParams("/etc"), "spec.localfs.path", "outside the allowed host paths"),
+]
+
+
+@pytest.mark.parametrize(("params", "field", "message"), BAD_SPECS)
+def test_bad_specs_are_refused_before_touching_the_host(
+    host: config.HostConfig, fake: FakeHost, params: connections.Params, field: str, message: str
+) -> None:
+    with pytest.raises(errors.InvalidSpec, match=message) as info:
+        connections.make_connection("bad", params, host)
+    assert info.value.field == field
+    assert fake.calls == []
+    assert not os.path.exists(host.mount_base)
+
+
+def test_chap_password_never_in_repr() -> None:
+    chap = connections.ChapCredentials("user", "hunter2")
+    params = connections.IscsiParams("h", "iqn.2003-01.org.x:t", chap=chap)
+    for text in (repr(chap), str(chap), repr(params), str(params)):
+        assert "hunter2" not in text
+    assert "user" in repr(chap)
+
+
+def test_type_names() -> None:
+    assert connections.type_name(connections.LocalfsParams("/x")) == "localfs"
+    assert connections.type_name(connections.NfsParams("s", "/x")) == "nfs"
