@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import logging
 import os
 import re
@@ -31,7 +30,7 @@ from typing import Any
 
 from hostlib import actions, errors, ledger, libvirt_pools, paths
 from reconcilers import host as host_mod
-from reconcilers import status
+from reconcilers import status, storage_connection
 
 log = logging.getLogger(__name__)
 
@@ -377,11 +376,7 @@ def secret_usage(libvirt_name: str) -> str:
 
 
 def _resolve_connection(host: host_mod.Host, name: str, sub_path: str) -> str | None:
-    # Imported when used: the connection kind is a sibling module, and pools without connectionRef
-    # must not depend on it being importable.
-    storage_connection = importlib.import_module("reconcilers.storage_connection")
-    resolved: str | None = storage_connection.resolve(host, name, sub_path or None)
-    return resolved
+    return storage_connection.resolve(host, name, sub_path or None)
 
 
 def _confine_dir(path: str, host: host_mod.Host, field: str) -> str:

@@ -144,7 +144,7 @@ def tgtd_answers() -> bool:
 def tgtd() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("needs root: tgtd is an iSCSI target daemon")
-    started_pid: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
     if not tgtd_answers():
         proc = subprocess.Popen(
             ["tgtd", "-f", "--iscsi", "portal=127.0.0.1:3260"],
@@ -152,18 +152,18 @@ def tgtd() -> Iterator[None]:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        started_pid = proc.pid
         _wait_for(tgtd_answers, 20, "tgtd to answer")
     try:
         yield
     finally:
-        if started_pid is not None:
-            with contextlib.suppress(OSError):
-                _tgtadm("--mode", "system", "--op", "delete", "--force", check=False)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(started_pid, signal.SIGTERM)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(started_pid, 0)
+        if proc is not None:
+            _tgtadm("--mode", "system", "--op", "delete", "--force", check=False)
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
 
 @dataclasses.dataclass(frozen=True)
