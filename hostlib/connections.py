@@ -733,7 +733,8 @@ class IscsiConnection:
                     argv,
                     f"iSCSI {verb} {t} at {p}",
                     timeout=timeout,
-                    secrets=secrets,
+                    # every step: iscsiadm may echo node settings (the password) in its errors
+                    secrets=secrets or self._secrets(),
                     ok_codes=ok,
                 )
         except errors.HostStorageError:
@@ -744,6 +745,7 @@ class IscsiConnection:
                     iscsi.node_delete_argv(t, p, i),
                     "iSCSI node delete",
                     timeout=timeout,
+                    secrets=self._secrets(),
                     ok_codes=(iscsi.RC_NO_OBJECTS,),
                 )
             raise
@@ -762,6 +764,7 @@ class IscsiConnection:
             iscsi.logout_argv(t, p, i),
             f"iSCSI logout {t} at {p}",
             timeout=timeout,
+            secrets=self._secrets(),
             ok_codes=(iscsi.RC_NO_OBJECTS,),
         )
         iscsi.run(
@@ -769,6 +772,7 @@ class IscsiConnection:
             iscsi.node_delete_argv(t, p, i),
             f"iSCSI node delete {t} at {p}",
             timeout=timeout,
+            secrets=self._secrets(),
             ok_codes=(iscsi.RC_NO_OBJECTS,),
         )
         log.info("connection %s: logged out of %s at %s", self.name, t, p)
