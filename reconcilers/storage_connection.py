@@ -598,6 +598,16 @@ def _names(entries: Sequence[ledger.LedgerEntry]) -> str:
     return ", ".join(f"{e.kind}/{e.name}" for e in entries)
 
 
+def _forget_if_nothing_made(name: str, conn: connections.Connection, host: host_mod.Host) -> None:
+    """A first connect failed and undid its work: drop the write-ahead entry so status shows nothing stale."""
+    try:
+        if conn.observe().connected:
+            return
+    except (errors.HostStorageError, OSError):
+        return
+    host.ledger.remove(KIND, name)
+
+
 def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = False) -> status.NodeResult:
     """Make this host connected as ``spec`` says; never raises for host failures."""
     try:
@@ -651,8 +661,12 @@ def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = Fals
             changed = bool(conn.connect()) or changed
         observed = conn.observe()
     except errors.HostStorageError as exc:
+        if entry is None:
+            _forget_if_nothing_made(spec.name, conn, host)
         return _error_result(spec.name, exc, detail=base_detail, changed=changed)
     except OSError as exc:
+        if entry is None:
+            _forget_if_nothing_made(spec.name, conn, host)
         return _result(
             spec.name,
             FAILED,

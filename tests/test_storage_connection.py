@@ -308,7 +308,33 @@ def test_host_failures_become_failed_results_never_exceptions(
     result = sc.reconcile(sc.parse(manifest(posix())), host)
     assert (result.phase, result.ready, result.reason, result.retry) == ("Failed", False, reason, retry)
     assert error.message in result.message
-    # Ownership was written ahead: a crash after a half-done mount would still be ours to undo.
+    # The write-ahead entry is dropped again: connect undid its work, nothing is ours.
+    assert host.ledger.get(sc.KIND, "c1") is None
+    assert [c[0] for c in world.calls] == ["observe", "connect", "observe"]
+
+
+def test_ownership_is_recorded_before_connecting(host: host_mod.Host, world: FakeWorld) -> None:
+    recorded = []
+    real_connect = FakeConnection.connect
+
+    def spy(self: FakeConnection) -> bool:
+        recorded.append(host.ledger.get(sc.KIND, self.name))
+        return real_connect(self)
+
+    FakeConnection.connect = spy  # type: ignore[method-assign]
+    try:
+        assert sc.reconcile(sc.parse(manifest(posix())), host).ready
+    finally:
+        FakeConnection.connect = real_connect  # type: ignore[method-assign]
+    assert recorded and recorded[0] is not None
+
+
+def test_failed_reconnect_keeps_ownership(host: host_mod.Host, world: FakeWorld) -> None:
+    spec = sc.parse(manifest(posix()))
+    sc.reconcile(spec, host)
+    world.connected.clear()
+    world.fail["connect"] = errors.MountFailed("gone")
+    assert sc.reconcile(spec, host).reason == "MountFailed"
     assert host.ledger.get(sc.KIND, "c1") is not None
 
 
