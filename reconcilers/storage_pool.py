@@ -277,10 +277,13 @@ def _parse_source(spec: Mapping[str, Any]) -> Source:
             unknown = sorted(set(raw) - {"name", "namespace"})
             if unknown:
                 raise errors.InvalidSpec(f"unknown field(s) {', '.join(map(repr, unknown))}", field=rf)
-            ns = raw.get("namespace", "default")
+            # Empty namespace: the agent's own namespace (local mode: "default"); the lookup decides.
+            ns = raw.get("namespace")
             ref = SecretRef(
                 paths.validate_name(_str(raw.get("name"), f"{rf}.name"), field=f"{rf}.name"),
-                paths.validate_name(_str(ns, f"{rf}.namespace", max_len=63), field=f"{rf}.namespace"),
+                ""
+                if ns is None
+                else paths.validate_name(_str(ns, f"{rf}.namespace", max_len=63), field=f"{rf}.namespace"),
             )
         return IscsiDirectSource(
             host=_host(b["host"], f"{f}.host"),
@@ -499,18 +502,22 @@ def logical_definition(name: str, src: LogicalSource) -> libvirt_pools.PoolDefin
     )
 
 
+def _where(ref: SecretRef) -> str:
+    return f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+
+
 def _chap(ref: SecretRef, host: host_mod.Host) -> tuple[str, bytes]:
     field = "spec.iscsiDirect.chapSecretRef"
     if host.secret_lookup is None:
-        raise errors.NotFound(f"{field}: no Secret source is configured to read {ref.namespace}/{ref.name}")
+        raise errors.NotFound(f"{field}: no Secret source is configured to read Secret {ref.name}")
     try:
         data = host.secret_lookup(ref.namespace, ref.name)
     except KeyError:
-        raise errors.NotFound(f"{field}: Secret {ref.namespace}/{ref.name} not found") from None
+        raise errors.NotFound(f"{field}: Secret {_where(ref)} not found") from None
     user, password = data.get("username"), data.get("password")
     if not user or not password:
         raise errors.InvalidSpec(
-            f"Secret {ref.namespace}/{ref.name} must have non-empty keys username and password", field=field
+            f"Secret {_where(ref)} must have non-empty keys username and password", field=field
         )
     _str(user, f"{field} (Secret key username)", max_len=255)
     return user, password.encode("utf-8")
