@@ -369,17 +369,20 @@ class MountConnection:
         return record.canonical_source == mounts.canonical_source(self.source)
 
     def observe(self) -> ConnectionObserved:
+        # Only the mount table is read while something is mounted there: an lstat of the mount point
+        # would reach into the (possibly hung) storage.
         at = mounts.mounts_at(self.mount_point)
         ours = [r for r in at if self._matches(r)]
-        exists = os.path.lexists(self.mount_point)
         if ours:
             r = ours[-1]
             return ConnectionObserved(self.type, self.mount_point, True, True, r.source, r.fstype, r.options)
-        conflict = None
         if at:
             r = at[-1]
-            conflict = f"{self.mount_point} already has {r.source} ({r.fstype}) mounted, not {self.source}"
-        elif exists and not os.path.isdir(self.mount_point):
+            foreign = f"{self.mount_point} already has {r.source} ({r.fstype}) mounted, not {self.source}"
+            return ConnectionObserved(self.type, self.mount_point, False, True, conflict=foreign)
+        conflict: str | None = None
+        exists = os.path.lexists(self.mount_point)
+        if exists and not os.path.isdir(self.mount_point):
             conflict = f"{self.mount_point} exists and is not a directory"
         elif exists and os.path.islink(self.mount_point):
             conflict = f"{self.mount_point} is a symlink"

@@ -262,6 +262,10 @@ def under_base(base: str, name: str, *, field: str | None, link_ok: bool = False
         )
     real_base = os.path.realpath(base)
     candidate = os.path.join(real_base, name)
+    if candidate in {r.target for r in read_mounts()}:
+        # A mount target is never a symlink (mount(8) resolves it), and stat-ing it would reach into
+        # the mounted storage, which may hang.
+        return candidate
     if os.path.islink(candidate):
         if link_ok:
             return candidate
