@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import signal
+import time
 
 import pytest
 from fixtures_storage import GlusterVolume, LoopFactory, holding_open
@@ -166,3 +168,29 @@ def test_nfs_fails_cleanly_on_a_kernel_without_nfs(hs_host_config: config.HostCo
     assert "mount.nfs" in str(info.value), "the tool's own message reaches the status"
     assert not os.path.lexists(conn.target())
     assert conn.disconnect() is False
+
+
+def test_hung_gluster_brick_never_blocks_observe_or_forced_disconnect(
+    hs_host_config: config.HostConfig, gluster_volume: GlusterVolume
+) -> None:
+    cfg = dataclasses.replace(hs_host_config, command_timeout=30)
+    params = connections.GlusterfsParams(gluster_volume.server, gluster_volume.volume)
+    conn = connections.make_connection("g", params, cfg)
+    conn.connect()
+    pid = gluster_volume.brick_pid()
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        again = connections.make_connection("g", params, cfg)
+        observed = again.observe()
+        assert observed.connected
+        assert again.plan_connect(observed) == []
+        assert time.monotonic() - start < 2, "observing a hung mount reads only the mount table"
+        start = time.monotonic()
+        assert again.disconnect(force=True) is True
+        assert time.monotonic() - start < 20
+        assert not is_mounted_at(conn.target())
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        conn.disconnect(force=True)
