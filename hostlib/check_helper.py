@@ -1,11 +1,12 @@
 """The child process that touches possibly-hung storage for :mod:`hostlib.checker`.
 
 Run as ``python -m hostlib.check_helper``. It reads one JSON request per line on stdin and answers one
-JSON line per request on stdout, in completion order. Every request runs in its own short-lived thread,
-so a read stuck in uninterruptible sleep (a SIGSTOPped gluster brick, a dead NFS server) holds one thread
-of this process and nothing else: the main thread keeps accepting requests and other checks keep
-answering. The agent never waits for this process; when too many of its threads are stuck it starts a
-fresh helper and closes this one's stdin. On EOF the helper lets running checks finish and exits.
+JSON line per request on stdout, in completion order. Requests run on worker threads (see
+:class:`_Pool`): a read stuck in uninterruptible sleep (a SIGSTOPped gluster brick, a dead NFS server)
+holds one worker of this process and nothing else; the main thread keeps accepting requests, a new
+worker takes the queued ones, and other checks keep answering. The agent never waits for this process;
+when too many of its checks are stuck it starts a fresh helper and closes this one's stdin. On EOF the
+helper lets running checks finish and exits.
 
 Why a long-lived helper rather than VDSM's ``dd`` per check: fork+exec of a program costs far more CPU
 than starting a thread, and a thread stuck in D state here isolates the agent just as well, because the
@@ -28,7 +29,9 @@ import errno
 import json
 import mmap
 import os
+import queue
 import re
+import select
 import sys
 import threading
 import time
@@ -41,7 +44,16 @@ UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 # A target with more entries than this is not a storage domain mount; do not spend a check listing it.
 MAX_SCAN = 4096
 
+MAX_IDLE_WORKERS = 4
+MIN_WORKERS = 2
+# A worker busy this long may be stuck on storage: queued work gets a new worker.
+STUCK_AFTER = 0.05
+# Past this many busy (stuck) workers the helper refuses work; the agent retires it long before.
+MAX_WORKERS = 512
+
 _write_lock = threading.Lock()
+_local = threading.local()
+_real_roots: dict[str, str] = {}
 
 
 class CheckFailed(Exception):
@@ -61,7 +73,12 @@ def _under(root: str, path: str) -> bool:
 
 
 def _confine(root: str, path: str) -> str:
-    real_root = os.path.realpath(root)
+    # The root is a mount point or an allowed host path the agent validated; resolving it once per
+    # helper saves a realpath per check. The file itself is resolved every time: storage content can
+    # change it into a symlink pointing anywhere.
+    real_root = _real_roots.get(root)
+    if real_root is None:
+        real_root = _real_roots[root] = os.path.realpath(root)
     real = os.path.realpath(path)
     if not _under(real_root, real):
         raise CheckFailed("confine", f"{path} resolves to {real}, outside {real_root}")
@@ -111,8 +128,10 @@ def _read(path: str, want_data: bool, limit: int) -> dict[str, Any]:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc2:
             raise _oserror("open", path, exc2) from exc2
-    # mmap gives the page-aligned buffer O_DIRECT needs.
-    buf = mmap.mmap(-1, BLOCK)
+    # mmap gives the page-aligned buffer O_DIRECT needs; one per worker thread, reused.
+    buf = getattr(_local, "buf", None)
+    if buf is None:
+        buf = _local.buf = mmap.mmap(-1, BLOCK)
     try:
         start = time.monotonic()
         try:
@@ -147,7 +166,6 @@ def _read(path: str, want_data: bool, limit: int) -> dict[str, Any]:
             out["data"] = base64.b64encode(data[:limit]).decode("ascii")
         return out
     finally:
-        buf.close()
         os.close(fd)
 
 
@@ -243,25 +261,104 @@ def _run(out_fd: int, req: dict[str, Any]) -> None:
     _answer(out_fd, msg)
 
 
-def main() -> int:
-    out_fd = sys.stdout.fileno()
-    threads: list[threading.Thread] = []
-    for line in sys.stdin.buffer:
-        try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise ValueError("request must be an object")
-        except ValueError as exc:
-            _answer(out_fd, {"id": None, "ok": False, "stage": "request", "error": str(exc)})
-            continue
-        t = threading.Thread(target=_run, args=(out_fd, req), daemon=True)
+class _Pool:
+    """Worker threads fed from one queue.
+
+    A few workers serve the steady load (starting a thread per check costs ~170 us of CPU; handing a
+    request to a waiting worker ~20 us). A new worker starts only when none is waiting and every busy
+    one has been busy for STUCK_AFTER: that is, when storage hangs or crawls, not merely when requests
+    arrive in a burst. Idle workers beyond MAX_IDLE_WORKERS exit.
+    """
+
+    def __init__(self, out_fd: int) -> None:
+        self.out_fd = out_fd
+        self.queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.idle = 0
+        self.busy: dict[int, float] = {}
+        self.workers: list[threading.Thread] = []
+
+    def submit(self, req: dict[str, Any]) -> None:
+        self.queue.put(req)
+        self.grow()
+
+    def grow(self) -> None:
+        """Start a worker if queued work has nobody to serve it (called on submit and periodically)."""
+        with self.lock:
+            if self.idle > 0 or self.queue.empty():
+                return
+            now = time.monotonic()
+            if len(self.workers) >= MIN_WORKERS and any(now - t < STUCK_AFTER for t in self.busy.values()):
+                return
+            self.workers = [t for t in self.workers if t.is_alive()]
+            if len(self.workers) >= MAX_WORKERS:
+                req = self.queue.get()
+                refuse = True
+            else:
+                refuse = False
+                t = threading.Thread(target=self._work, daemon=True)
+                self.workers.append(t)
+                # Counted idle at once, so a burst of submits does not start a thread per request.
+                self.idle += 1
+        if refuse:
+            if req is not None:
+                _answer(self.out_fd, {"id": req.get("id"), "ok": False, "stage": "helper",
+                                      "error": f"{MAX_WORKERS} checks are stuck in this helper"})
+            return
         t.start()
-        threads = [x for x in threads if x.is_alive()]
-        threads.append(t)
-    # EOF: the agent is done with us. Let running checks answer (a stuck one keeps this process, not the
-    # agent, waiting until its storage returns).
-    for t in threads:
-        t.join()
+
+    def _work(self) -> None:
+        me = threading.get_ident()
+        while True:
+            req = self.queue.get()
+            with self.lock:
+                self.idle -= 1
+                self.busy[me] = time.monotonic()
+            if req is None:
+                with self.lock:
+                    del self.busy[me]
+                return
+            _run(self.out_fd, req)
+            with self.lock:
+                del self.busy[me]
+                if self.idle >= MAX_IDLE_WORKERS:
+                    return
+                self.idle += 1
+
+    def close(self) -> None:
+        with self.lock:
+            workers = list(self.workers)
+        for _ in workers:
+            self.queue.put(None)
+        # Let running checks answer (a stuck one keeps this process, not the agent, waiting until its
+        # storage returns).
+        for t in workers:
+            t.join()
+
+
+def main() -> int:
+    in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    pool = _Pool(out_fd)
+    buffer = b""
+    while True:
+        ready, _, _ = select.select([in_fd], [], [], STUCK_AFTER)
+        if not ready:
+            pool.grow()
+            continue
+        chunk = os.read(in_fd, 1 << 16)
+        if not chunk:
+            break
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("request must be an object")
+            except ValueError as exc:
+                _answer(out_fd, {"id": None, "ok": False, "stage": "request", "error": str(exc)})
+                continue
+            pool.submit(req)
+    pool.close()
     return 0
 
 

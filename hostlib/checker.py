@@ -60,6 +60,17 @@ class CheckRequest:
     create_probe: bool = True
     statvfs: bool = True
 
+    def wire_line(self, rid: int) -> bytes:
+        """The request as one JSON line; the constant part is encoded once per request object."""
+        prefix = _WIRE_CACHE.get(self)
+        if prefix is None:
+            body = self.to_wire(0)
+            del body["id"]
+            prefix = _WIRE_CACHE[self] = json.dumps(body, separators=(",", ":"))[:-1].encode() + b',"id":'
+            if len(_WIRE_CACHE) > 100_000:
+                _WIRE_CACHE.clear()
+        return prefix + str(rid).encode() + b"}\n"
+
     def to_wire(self, rid: int) -> dict[str, Any]:
         return {
             "id": rid,
@@ -72,6 +83,9 @@ class CheckRequest:
             "create": self.create_probe,
             "statvfs": self.statvfs,
         }
+
+
+_WIRE_CACHE: dict[CheckRequest, bytes] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +175,30 @@ class _Helper:
         """request id -> (key, sent at, deadline)."""
         self.retired = False
         self.eof = False
+        self.outbox: list[bytes] = []
+        """Requests not yet written: checks due at the same moment go to the helper in one write."""
+        self._stuck_at = 0.0
+        self._stuck = 0
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    def send(self, line: bytes) -> None:
-        # Requests are small and the helper reads continuously; a full pipe means a dead helper.
-        os.write(self.stdin_fd, line)
+    def flush(self) -> None:
+        if not self.outbox:
+            return
+        data, self.outbox = b"".join(self.outbox), []
+        # The helper's main thread never touches storage and reads continuously: this does not block.
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.stdin_fd, view):]
 
     def stuck(self, now: float) -> int:
-        return sum(1 for _, _, deadline in self.pending.values() if now >= deadline)
+        # Counted at most every 0.5 s: the count only matters once checks outlive their timeouts.
+        if now - self._stuck_at >= 0.5:
+            self._stuck_at = now
+            self._stuck = sum(1 for _, _, deadline in self.pending.values() if now >= deadline)
+        return self._stuck
 
     def retire(self) -> None:
         if self.retired:
@@ -224,14 +251,7 @@ class Checker:
             return False
         self._next_id += 1
         rid = self._next_id
-        line = (json.dumps(request.to_wire(rid), separators=(",", ":")) + "\n").encode()
-        try:
-            helper.send(line)
-        except OSError as exc:
-            log.warning("check helper pid %s does not take requests (%s); starting another", helper.pid, exc)
-            helper.retire()
-            self._current = None
-            return False
+        helper.outbox.append(request.wire_line(rid))
         helper.pending[rid] = (key, now, now + timeout)
         self._keys[key] = (helper, rid)
         return True
@@ -254,6 +274,7 @@ class Checker:
     def wait(self, timeout: float) -> list[tuple[Hashable, CheckResult]]:
         """Wait up to ``timeout`` seconds for answers; returns (key, result) of every finished check."""
         self._reap()
+        self._flush()
         if not self._helpers:
             if timeout > 0:
                 time.sleep(timeout)
@@ -290,10 +311,7 @@ class Checker:
         key = ("remove", rid)
         line = json.dumps({"id": rid, "op": "remove", "root": root, "path": path}) + "\n"
         now = self._clock()
-        try:
-            helper.send(line.encode())
-        except OSError:
-            return None
+        helper.outbox.append(line.encode())
         helper.pending[rid] = (key, now, now + timeout)
         self._keys[key] = (helper, rid)
         deadline = now + timeout
@@ -357,6 +375,20 @@ class Checker:
             self._sel.register(cur.stdout_fd, selectors.EVENT_READ)
             self._current = cur
         return cur
+
+    def _flush(self) -> None:
+        for helper in list(self._helpers.values()):
+            if helper.outbox and not helper.retired:
+                try:
+                    helper.flush()
+                except OSError as exc:
+                    # Its pending checks are freed when its stdout reaches EOF.
+                    log.warning("check helper pid %s does not take requests (%s); retiring it",
+                                helper.pid, exc)
+                    helper.outbox.clear()
+                    helper.retire()
+                    if self._current is helper:
+                        self._current = None
 
     def _read(self, helper: _Helper, out: list[tuple[Hashable, CheckResult]]) -> None:
         try:

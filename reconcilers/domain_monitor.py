@@ -384,7 +384,13 @@ def report_due(
 
 
 def _numbers(s: MonitorStatus) -> tuple[Any, ...]:
-    return (s.read_delay, s.total_bytes, s.free_bytes, s.consecutive_failures, s.message)
+    # Noise is not news. The read delay alone never causes a write (Prometheus has it live; it rides
+    # along with any other write), free space only when it moved by a whole percent of the disk, and
+    # an Invalid message ("blocked for N s") at most once per report interval like the numbers.
+    free = None
+    if s.free_bytes is not None and s.total_bytes:
+        free = round(100.0 * s.free_bytes / s.total_bytes)
+    return (s.total_bytes, free, s.message if s.state is State.INVALID else "")
 
 
 def _reason_for_error(result: checker.CheckResult) -> str:
@@ -495,7 +501,7 @@ def followup_request(first: checker.CheckRequest, result: checker.CheckResult) -
 # ------------------------------------------------------------------------------------------- reconcile
 
 
-def _result(spec: Spec, phase: str, ready: bool, reason: str, message: str, *,
+def make_result(spec: Spec, phase: str, ready: bool, reason: str, message: str, *,
             detail: Mapping[str, Any] | None = None, changed: bool = False,
             acts: tuple[actions.Action, ...] = (), retry: bool = False) -> status.NodeResult:
     cond = status.Condition("Ready", status.ConditionStatus.TRUE if ready else status.ConditionStatus.FALSE,
@@ -512,7 +518,8 @@ def _entry(spec: Spec, resolved: Resolved, probe: str) -> ledger.LedgerEntry:
     return ledger.LedgerEntry(KIND, spec.name, spec.uid, resource, resolved.depends_on)
 
 
-def _record(host: Any, spec: Spec, resolved: Resolved, probe: str) -> bool:
+def record(host: Any, spec: Spec, resolved: Resolved, probe: str) -> bool:
+    """Put the monitor's ledger entry (target, probe file, depends_on); True when it changed."""
     entry = _entry(spec, resolved, probe)
     if host.ledger.get(KIND, spec.name) == entry:
         return False
@@ -520,10 +527,16 @@ def _record(host: Any, spec: Spec, resolved: Resolved, probe: str) -> bool:
     return True
 
 
-def _recorded_probe(host: Any, name: str) -> str:
+def recorded_probe(host: Any, name: str) -> str:
     entry = host.ledger.get(KIND, name)
     probe = entry.resource.get("probeFile") if entry is not None else None
     return probe if isinstance(probe, str) else ""
+
+
+def result_for_status(spec: Spec, st: MonitorStatus) -> status.NodeResult:
+    """The per-node result of a monitor in a given status (Ready when Healthy)."""
+    return make_result(spec, str(st.state), st.state is State.HEALTHY, st.reason, st.message,
+                       detail=st.detail(), retry=st.state is State.INVALID)
 
 
 def run_once(request: checker.CheckRequest, timeout: float, host: Any) -> checker.CheckResult | None:
@@ -543,31 +556,30 @@ def reconcile(spec: Spec, host: Any, *, dry_run: bool = False) -> status.NodeRes
     try:
         resolved = resolve_target(spec, host)
     except errors.InvalidSpec as exc:
-        return _result(spec, "Failed", False, exc.reason, exc.message)
+        return make_result(spec, "Failed", False, exc.reason, exc.message)
     except Waiting as exc:
-        return _result(spec, "Pending", False, exc.reason, exc.message, retry=True)
-    recorded_probe = _recorded_probe(host, spec.name)
-    request = check_request(spec, resolved, create_probe=not recorded_probe)
-    if recorded_probe and not spec.probe_file:
-        request = dataclasses.replace(request, path=recorded_probe, kind="probe")
+        return make_result(spec, "Pending", False, exc.reason, exc.message, retry=True)
+    probe_recorded = recorded_probe(host, spec.name)
+    request = check_request(spec, resolved, create_probe=not probe_recorded)
+    if probe_recorded and not spec.probe_file:
+        request = dataclasses.replace(request, path=probe_recorded, kind="probe")
     if dry_run:
         what = request.path or (
             f"VDSM metadata under {resolved.target}, else {resolved.target}/{request.probe}"
         )
         act = actions.Action("check", f"read 4 KiB of {what} every {spec.interval:g} s", path=resolved.target)
-        return _result(spec, "Pending", False, "DryRun", "would start monitoring", acts=(act,))
-    changed = _record(host, spec, resolved, recorded_probe)
+        return make_result(spec, "Pending", False, "DryRun", "would start monitoring", acts=(act,))
+    changed = record(host, spec, resolved, probe_recorded)
     result = run_once(request, spec.timeout, host)
     now = time.time()
     if result is None:
         outcome = Outcome(OutcomeKind.TIMEOUT, message=f"Read timeout (no answer in {spec.timeout:g} s)")
     else:
         outcome = outcome_from_result(result)
-        if result.ok and result.kind == "probe" and result.path and result.path != recorded_probe:
-            changed = _record(host, spec, resolved, result.path) or changed
+        if result.ok and result.kind == "probe" and result.path and result.path != probe_recorded:
+            changed = record(host, spec, resolved, result.path) or changed
     st = next_status(MonitorStatus(), outcome, spec.thresholds, now)
-    return _result(spec, str(st.state), st.state is State.HEALTHY, st.reason, st.message,
-                   detail=st.detail(), changed=changed, retry=st.state is State.INVALID)
+    return dataclasses.replace(result_for_status(spec, st), changed=changed)
 
 
 def teardown(
@@ -578,7 +590,7 @@ def teardown(
     spec = spec_or_entry if isinstance(spec_or_entry, Spec) else Spec(name, Target(TargetKind.HOST_PATH))
     entry = host.ledger.get(KIND, name)
     if entry is None:
-        return _result(spec, "Detached", False, "Detached", "not monitored on this host")
+        return make_result(spec, "Detached", False, "Detached", "not monitored on this host")
     message = "monitor removed"
     probe = entry.resource.get("probeFile")
     root = entry.resource.get("root")
@@ -591,7 +603,7 @@ def teardown(
         elif removed:
             message = f"monitor removed with its probe file {probe}"
     host.ledger.remove(KIND, name)
-    return _result(spec, "Detached", False, "Detached", message, changed=True)
+    return make_result(spec, "Detached", False, "Detached", message, changed=True)
 
 
 def _remove_probe(host: Any, root: str, probe: str) -> bool | None:
@@ -610,7 +622,7 @@ def observe(entry: ledger.LedgerEntry, host: Any) -> status.NodeResult:
     spec = Spec(entry.name, Target(TargetKind.HOST_PATH))
     target, root = entry.resource.get("target"), entry.resource.get("root")
     if not isinstance(target, str) or not isinstance(root, str):
-        return _result(spec, "Unknown", False, "Recorded", "ledger entry without a target")
+        return make_result(spec, "Unknown", False, "Recorded", "ledger entry without a target")
     probe = entry.resource.get("probeFile")
     request = checker.CheckRequest(target=target, root=root, create_probe=False)
     if isinstance(probe, str) and probe:
@@ -619,4 +631,4 @@ def observe(entry: ledger.LedgerEntry, host: Any) -> status.NodeResult:
     outcome = (Outcome(OutcomeKind.TIMEOUT, message="Read timeout") if result is None
                else outcome_from_result(result))
     st = next_status(MonitorStatus(), outcome, spec.thresholds, time.time())
-    return _result(spec, str(st.state), st.state is State.HEALTHY, st.reason, st.message, detail=st.detail())
+    return result_for_status(spec, st)

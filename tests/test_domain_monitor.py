@@ -1,0 +1,243 @@
+"""DomainMonitor: spec parsing (bad input -> InvalidSpec), the pure state machine and the report rule."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from hostlib import domain_metadata, errors, ledger
+from reconcilers import domain_monitor as dmon
+
+SD = "3b5b1f5e-0d6c-4a3c-9a8a-2c0f6b1e9d11"
+
+
+def manifest(spec: dict[str, Any], name: str = "mon") -> dict[str, Any]:
+    return {"apiVersion": "hoststorage.io/v1alpha1", "kind": "DomainMonitor", "metadata": {"name": name},
+            "spec": spec}
+
+
+# ------------------------------------------------------------------------------------------- parse
+
+
+def test_parse_applies_the_documented_defaults() -> None:
+    spec = dmon.parse(manifest({"target": {"hostPath": "/srv/data"}}))
+    assert spec.target == dmon.Target(dmon.TargetKind.HOST_PATH, path="/srv/data")
+    assert (spec.interval, spec.timeout, spec.report_interval) == (10, 10, 300)
+    assert spec.thresholds == dmon.Thresholds(5.0, None)
+    assert spec.probe_file == ""
+
+
+def test_timeout_defaults_to_the_interval() -> None:
+    spec = dmon.parse(manifest({"target": {"poolRef": {"name": "p"}}, "intervalSeconds": 30}))
+    assert spec.timeout == 30
+
+
+def test_connection_ref_with_sub_path() -> None:
+    spec = dmon.parse(manifest({"target": {"connectionRef": {"name": "nfs1", "path": "a/b/"}},
+                                "probeFile": "dir/probe", "freeSpaceWarningPercent": 10,
+                                "readDelayWarningSeconds": 0.5}))
+    assert spec.target == dmon.Target(dmon.TargetKind.CONNECTION, "nfs1", "a/b")
+    assert spec.probe_file == "dir/probe"
+    assert spec.thresholds == dmon.Thresholds(0.5, 10.0)
+
+
+T = {"hostPath": "/srv/data"}
+BAD: list[tuple[str, dict[str, Any], str]] = [
+    ("no spec", {}, "spec"),
+    ("no target", {"intervalSeconds": 10}, "spec.target"),
+    ("two targets", {"target": {"hostPath": "/a", "poolRef": {"name": "p"}}}, "exactly one"),
+    ("empty target", {"target": {}}, "exactly one"),
+    ("unknown target kind", {"target": {"nfs": {}}}, "unknown field"),
+    ("relative hostPath", {"target": {"hostPath": "srv"}}, "absolute"),
+    ("hostPath traversal", {"target": {"hostPath": "/srv/../etc"}}, "'..'"),
+    ("hostPath NUL", {"target": {"hostPath": "/srv/\0x"}}, "NUL"),
+    ("sub-path traversal", {"target": {"connectionRef": {"name": "c", "path": "../../etc"}}}, "'..'"),
+    ("sub-path absolute", {"target": {"connectionRef": {"name": "c", "path": "/etc"}}}, "relative"),
+    ("sub-path newline", {"target": {"connectionRef": {"name": "c", "path": "a\nb"}}}, "control"),
+    ("bad connection name", {"target": {"connectionRef": {"name": "Bad_Name"}}}, "not a valid name"),
+    ("pool without name", {"target": {"poolRef": {}}}, "poolRef.name"),
+    ("probeFile traversal", {"target": T, "probeFile": "../../etc/shadow"}, "'..'"),
+    ("probeFile absolute", {"target": T, "probeFile": "/etc/shadow"}, "relative"),
+    ("probeFile dot", {"target": T, "probeFile": "."}, "must name a file"),
+    ("interval zero", {"target": T, "intervalSeconds": 0}, "out of range 1..3600"),
+    ("interval negative", {"target": T, "intervalSeconds": -5}, "out of range"),
+    ("interval huge", {"target": T, "intervalSeconds": 86400}, "out of range"),
+    ("interval fraction", {"target": T, "intervalSeconds": 1.5}, "whole number"),
+    ("interval string", {"target": T, "intervalSeconds": "10"}, "whole number"),
+    ("interval bool", {"target": T, "intervalSeconds": True}, "whole number"),
+    ("timeout zero", {"target": T, "timeoutSeconds": 0}, "spec.timeoutSeconds"),
+    ("delay warning zero", {"target": T, "readDelayWarningSeconds": 0}, "out of range"),
+    ("delay warning nan", {"target": T, "readDelayWarningSeconds": float("nan")}, "out of range"),
+    ("free percent over 100", {"target": T, "freeSpaceWarningPercent": 101}, "out of range"),
+    ("free percent negative", {"target": T, "freeSpaceWarningPercent": -1}, "out of range"),
+    ("report interval zero", {"target": T, "reportIntervalSeconds": 0}, "out of range"),
+    ("unknown field", {"target": T, "intervalSecs": 5}, "unknown field"),
+    ("selector not a map", {"target": T, "nodeSelector": ["a"]}, "spec.nodeSelector"),
+]
+
+
+@pytest.mark.parametrize(("spec", "message"), [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_bad_specs_are_invalid_spec(spec: dict[str, Any], message: str) -> None:
+    obj = manifest(spec)
+    if not spec:
+        del obj["spec"]
+    with pytest.raises(errors.InvalidSpec, match=message.replace("(", r"\(").replace(".", r"\.")):
+        dmon.parse(obj)
+
+
+def test_bad_name_is_invalid_spec() -> None:
+    with pytest.raises(errors.InvalidSpec, match=r"metadata\.name"):
+        dmon.parse(manifest({"target": T}, name="../x"))
+
+
+# ------------------------------------------------------------------------------------ state machine
+
+TH = dmon.Thresholds(read_delay_warning=1.0, free_space_warning_percent=10.0)
+GIB = 2**30
+OK = dmon.Outcome(dmon.OutcomeKind.OK, read_delay=0.001, total_bytes=100 * GIB, free_bytes=50 * GIB)
+SLOW = dataclasses.replace(OK, read_delay=2.0)
+FULL = dataclasses.replace(OK, free_bytes=5 * GIB)
+SLOW_AND_FULL = dataclasses.replace(SLOW, free_bytes=5 * GIB)
+ERR = dmon.Outcome(dmon.OutcomeKind.ERROR, reason="ReadError",
+                   message="read /m/p: Transport endpoint is not connected")
+TIMEOUT = dmon.Outcome(dmon.OutcomeKind.TIMEOUT, message="Read timeout", blocked_seconds=10)
+BLOCKED = dmon.Outcome(dmon.OutcomeKind.BLOCKED, blocked_seconds=20)
+SEALED = dataclasses.replace(OK, metadata=domain_metadata.parse(domain_metadata.dump(
+    {"SDUUID": SD, "VERSION": "5", "TYPE": "GLUSTERFS", "CLASS": "Data", "ROLE": "Master",
+     "POOL_UUID": "", "DESCRIPTION": "gluster-data"})))
+BROKEN = dataclasses.replace(OK, metadata=domain_metadata.parse(
+    domain_metadata.dump({"SDUUID": SD, "VERSION": "5"}).replace(b"VERSION=5", b"VERSION=4")))
+
+UNKNOWN = dmon.MonitorStatus()
+HEALTHY = dmon.next_status(UNKNOWN, OK, TH, 100.0)
+INVALID = dmon.next_status(HEALTHY, TIMEOUT, TH, 110.0)
+
+STEPS: list[tuple[str, dmon.MonitorStatus, dmon.Outcome, str, str, str | None, int]] = [
+    # name, previous, outcome, state, reason, message part, consecutive failures
+    ("first ok is healthy", UNKNOWN, OK, "Healthy", "CheckSucceeded", "read delay", 0),
+    ("slow read degrades", HEALTHY, SLOW, "Degraded", "ReadDelayHigh", "over 1 s", 0),
+    ("low space degrades", HEALTHY, FULL, "Degraded", "LowFreeSpace", "5.0% is under 10%", 0),
+    ("both name both", HEALTHY, SLOW_AND_FULL, "Degraded", "ReadDelayHigh", "free space", 0),
+    ("error invalidates", HEALTHY, ERR, "Invalid", "ReadError", "Transport endpoint", 1),
+    ("timeout invalidates", HEALTHY, TIMEOUT, "Invalid", "ReadTimeout", "Read timeout", 1),
+    ("blocked stays invalid", INVALID, BLOCKED, "Invalid", "ReadTimeout", "blocked for 20 s", 2),
+    ("recovery resets failures", INVALID, OK, "Healthy", "CheckSucceeded", None, 0),
+    ("first result an error", UNKNOWN, ERR, "Invalid", "ReadError", None, 1),
+    ("vdsm domain found", UNKNOWN, SEALED, "Healthy", "CheckSucceeded", None, 0),
+    ("broken seal invalidates", HEALTHY, BROKEN, "Invalid", "BrokenSeal", "does not match", 1),
+]
+
+
+@pytest.mark.parametrize(("prev", "outcome", "state", "reason", "message", "failures"),
+                         [s[1:] for s in STEPS], ids=[s[0] for s in STEPS])
+def test_next_status(prev: dmon.MonitorStatus, outcome: dmon.Outcome, state: str, reason: str,
+                     message: str | None, failures: int) -> None:
+    after = dmon.next_status(prev, outcome, TH, 200.0)
+    assert (after.state, after.reason, after.consecutive_failures) == (state, reason, failures)
+    if message is not None:
+        assert message in after.message
+    assert after.last_check == 200.0
+    assert after.since == (prev.since if prev.state == after.state else 200.0)
+
+
+def test_unknown_until_a_real_result() -> None:
+    st = dmon.MonitorStatus()
+    assert st.state is dmon.State.UNKNOWN and not st.valid
+    assert st.detail()["reason"] == "NoResultYet"
+
+
+def test_vdsm_fields_reach_the_detail_block() -> None:
+    detail = dmon.next_status(UNKNOWN, SEALED, TH, 1.0).detail()
+    assert detail["sdUUID"] == SD
+    assert (detail["version"], detail["type"], detail["class"], detail["role"]) == (
+        "5", "GLUSTERFS", "Data", "Master")
+    assert detail["description"] == "gluster-data"
+    assert detail["metadataChecksum"] == "Ok"
+    assert detail["totalBytes"] == 100 * GIB and detail["freeBytes"] == 50 * GIB
+    assert detail["since"] == "1970-01-01T00:00:01Z"
+
+
+def test_failure_keeps_the_last_known_numbers() -> None:
+    after = dmon.next_status(HEALTHY, ERR, TH, 120.0)
+    assert (after.total_bytes, after.free_bytes) == (HEALTHY.total_bytes, HEALTHY.free_bytes)
+
+
+def test_no_free_space_threshold_means_never_low_space() -> None:
+    after = dmon.next_status(UNKNOWN, FULL, dmon.Thresholds(1.0, None), 1.0)
+    assert after.state is dmon.State.HEALTHY
+
+
+# -------------------------------------------------------------------------------------- report rule
+
+
+def test_report_rule_transitions_at_once_numbers_rarely_noise_never() -> None:
+    first = dmon.next_status(UNKNOWN, OK, TH, 0.0)
+    assert dmon.report_due(None, None, first, 0.0, 300)
+    # Same state, read delay wobbling: never due, not even after the report interval.
+    wobble = dmon.next_status(first, dataclasses.replace(OK, read_delay=0.0012), TH, 10.0)
+    assert not dmon.report_due(first, 0.0, wobble, 10.0, 300)
+    assert not dmon.report_due(first, 0.0, wobble, 1000.0, 300)
+    # A real change of numbers (free space down 20 points): due only once the interval has passed.
+    moved = dmon.next_status(first, dataclasses.replace(OK, free_bytes=30 * GIB), TH, 20.0)
+    assert not dmon.report_due(first, 0.0, moved, 20.0, 300)
+    assert dmon.report_due(first, 0.0, moved, 300.0, 300)
+    # A transition and a threshold crossing: at once.
+    slow = dmon.next_status(first, SLOW, TH, 30.0)
+    assert dmon.report_due(first, 0.0, slow, 30.0, 300)
+    full = dmon.next_status(slow, SLOW_AND_FULL, TH, 40.0)
+    assert not dmon.is_transition(slow, full)  # same reason first: ReadDelayHigh
+    lowonly = dmon.next_status(slow, FULL, TH, 50.0)
+    assert dmon.is_transition(slow, lowonly) and dmon.report_due(slow, 30.0, lowonly, 50.0, 300)
+
+
+def test_blocked_messages_refresh_at_most_once_per_report_interval() -> None:
+    blocked = dmon.next_status(INVALID, BLOCKED, TH, 120.0)
+    assert not dmon.report_due(INVALID, 110.0, blocked, 120.0, 300)
+    assert dmon.report_due(INVALID, 110.0, blocked, 410.0, 300)
+
+
+# ------------------------------------------------------------------------------ reconcile (no storage)
+
+
+@dataclasses.dataclass
+class FakeConfig:
+    allowed_host_paths: tuple[str, ...] = ("/srv/allowed",)
+
+
+@dataclasses.dataclass
+class FakeHost:
+    """Replaces reconcilers.host.Host: the config, a real Ledger in a temp dir, no checker."""
+
+    config: FakeConfig
+    ledger: ledger.Ledger
+    checker: Any = None
+
+
+def test_host_path_outside_allowed_roots_is_invalid_spec(tmp_path: Any) -> None:
+    host = FakeHost(FakeConfig(), ledger.Ledger(str(tmp_path)))
+    spec = dmon.parse(manifest({"target": {"hostPath": "/srv/allowedX/data"}}))
+    result = dmon.reconcile(spec, host)
+    assert (result.phase, result.reason) == ("Failed", "InvalidSpec")
+    assert "not under an allowed host path" in result.message
+    assert host.ledger.entries() == []
+
+
+def test_waiting_for_connection_and_pool(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = FakeHost(FakeConfig(), ledger.Ledger(str(tmp_path)))
+    monkeypatch.setattr(dmon, "_resolver", lambda module: lambda *args: None)
+    conn = dmon.reconcile(dmon.parse(manifest({"target": {"connectionRef": {"name": "c1"}}})), host)
+    pool = dmon.reconcile(dmon.parse(manifest({"target": {"poolRef": {"name": "p1"}}})), host)
+    assert (conn.phase, conn.reason, conn.ready) == ("Pending", "WaitingForConnection", False)
+    assert (pool.phase, pool.reason) == ("Pending", "WaitingForPool")
+    assert host.ledger.entries() == []
+
+
+def test_dry_run_plans_a_check_and_changes_nothing(tmp_path: Any) -> None:
+    host = FakeHost(FakeConfig((str(tmp_path),)), ledger.Ledger(str(tmp_path / "state")))
+    spec = dmon.parse(manifest({"target": {"hostPath": str(tmp_path / "d")}}))
+    result = dmon.reconcile(spec, host, dry_run=True)
+    assert [a.verb for a in result.actions] == ["check"]
+    assert host.ledger.entries() == []
+    assert not (tmp_path / "d").exists()
