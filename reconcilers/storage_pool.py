@@ -748,7 +748,8 @@ def reconcile(spec: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
                 layer.refresh(name)
             # A refresh keeps the pool as it is; everything else is a change worth reporting.
             changed |= action.verb != "refresh"
-        after = layer.observe(name)
+        # Nothing done: what we observed is still the truth (a resync of a converged pool costs one observe).
+        after = layer.observe(name) if planned or changed else observed
         _record(spec, host, desired, after.uuid if after else None)
     except errors.HostStorageError as exc:
         detail = base_detail
