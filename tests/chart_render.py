@@ -48,17 +48,19 @@ def helm(
 
 
 @functools.lru_cache(maxsize=32)
-def _render_cached(values_json: str, include_crds: bool) -> tuple[str, ...]:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE]
+def _render_cached(values_json: str, include_crds: bool, namespace: str) -> tuple[str, ...]:
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace]
     if include_crds:
         args.append("--include-crds")
     out = helm(*args, values=json.loads(values_json)).stdout
     return tuple(json.dumps(doc) for doc in yaml.safe_load_all(out) if doc)
 
 
-def render(values: Mapping[str, Any] | None = None, *, include_crds: bool = False) -> list[dict[str, Any]]:
+def render(
+    values: Mapping[str, Any] | None = None, *, include_crds: bool = False, namespace: str = NAMESPACE
+) -> list[dict[str, Any]]:
     """Every object ``helm template`` renders for these values (a fresh copy each call)."""
-    docs = _render_cached(json.dumps(values or {}, sort_keys=True), include_crds)
+    docs = _render_cached(json.dumps(values or {}, sort_keys=True), include_crds, namespace)
     return [json.loads(doc) for doc in docs]
 
 
