@@ -2,9 +2,11 @@
 
 It parses the command line, builds :class:`controller.settings.Settings` once (flags, then
 ``HOSTSTORAGE_*`` environment variables, then defaults), sets up logging, and hands over to one
-subcommand. Each subcommand is one line in :data:`SUBCOMMANDS`: a name, a help line, a function adding
-its arguments to its sub-parser and a function running it, ``run(args, settings) -> exit code``.
-Keep the modules imported here light; import heavy libraries (kopf, libvirt) inside ``run``.
+subcommand. Each subcommand is one line in :data:`SUBCOMMANDS`: its name, a help line, and the module
+(imported only when that subcommand runs, so ``apply`` never pays for kopf) with the names of the
+function adding its arguments to its sub-parser and of the function running it,
+``run(args, settings) -> exit code``. A module may export ``USER_ERRORS``, a tuple of exception types
+that mean "the user can fix this": they end as one line on stderr and exit code 2.
 
 Errors a user can fix (an unreadable file, bad YAML, a bad flag value, the host lock held) end as one
 line on stderr and a non-zero exit code, never a traceback.
@@ -13,12 +15,15 @@ line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import importlib.metadata
 import logging
 import sys
+import types
 from collections.abc import Callable, Sequence
 
-from controller import local, settings
+from controller import settings
 from hostlib import errors
 
 log = logging.getLogger(__name__)
@@ -26,11 +31,25 @@ log = logging.getLogger(__name__)
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace, settings.Settings], int]
 
-# name, help, add_arguments(subparser), run(args, settings) -> exit code.
-SUBCOMMANDS: tuple[tuple[str, str, AddArguments, Run], ...] = (
-    ("apply", "make this host match the manifests", local.add_apply_arguments, local.run_apply),
-    ("delete", "tear down what the manifests describe", local.add_delete_arguments, local.run_delete),
-    ("status", "what hoststorage owns here, observed now", local.add_status_arguments, local.run_status),
+
+@dataclasses.dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    module: str
+    """Imported only when this subcommand is chosen."""
+    add_arguments: str = "add_arguments"
+    run: str = "run"
+
+
+_LOCAL = "controller.local"
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("apply", "make this host match the manifests", _LOCAL, "add_apply_arguments", "run_apply"),
+    Subcommand("delete", "undo what the manifests describe", _LOCAL, "add_delete_arguments", "run_delete"),
+    Subcommand("status", "show what hoststorage owns here", _LOCAL, "add_status_arguments", "run_status"),
+    Subcommand("monitor", "watch the DomainMonitors of the manifests in the foreground", "controller.monitor_cmd"),
+    Subcommand("agent", "the node agent: reconcile this node against the cluster", "controller.agent"),
+    Subcommand("controller", "the cluster controller: roll-ups, finalizers, clean-up", "controller.cluster"),
 )
 
 # Exit codes: 0 success / everything Ready, 1 some object not Ready, 2 usage or input error.
@@ -44,7 +63,8 @@ def version() -> str:
         return "unknown"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; only the ``chosen`` subcommand's module is imported and given its arguments."""
     parser = argparse.ArgumentParser(
         prog="hoststorage",
         description="Declarative host storage: connections, libvirt pools and domain monitors.",
@@ -73,16 +93,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="DEBUG, INFO, WARNING (default) or ERROR (env HOSTSTORAGE_LOG_LEVEL)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, help_text, add_arguments, run in SUBCOMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(run=run)
+    for cmd in SUBCOMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        if cmd.name == chosen:
+            module = importlib.import_module(cmd.module)
+            add_arguments: AddArguments = getattr(module, cmd.add_arguments)
+            add_arguments(p)
+            p.set_defaults(run=getattr(module, cmd.run), module=module)
     return parser
 
 
+def _chosen(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), before full parsing."""
+    names = {cmd.name for cmd in SUBCOMMANDS}
+    value_flags = {"--state-dir", "--mount-base", "--allowed-host-path", "--libvirt-uri", "--log-level"}
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word in value_flags:
+            skip = True
+        elif word in names:
+            return word
+        elif not word.startswith("-"):
+            return None
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_chosen(words))
+    args = parser.parse_args(words)
     if getattr(args, "run", None) is None:
         parser.print_usage(sys.stderr)
         print("hoststorage: error: a command is required", file=sys.stderr)
@@ -98,9 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="hoststorage: %(levelname)s %(name)s: %(message)s",
     )
     run: Run = args.run
+    user_errors = _user_errors(args.module)
     try:
         return run(args, conf)
-    except local.InputError as exc:
+    except user_errors as exc:
         print(f"hoststorage: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except errors.HostStorageError as exc:
@@ -110,6 +152,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hoststorage: interrupted", file=sys.stderr)
         return 130
+
+
+def _user_errors(module: types.ModuleType) -> tuple[type[Exception], ...]:
+    found: list[type[Exception]] = list(getattr(module, "USER_ERRORS", ()))
+    local = sys.modules.get("controller.local")
+    if local is not None:
+        found.append(local.InputError)
+    # The cluster modules report start-up problems (no kubeconfig, no NODE_NAME) with kube.StartupError.
+    kube = sys.modules.get("controller.kube")
+    if kube is not None:
+        found.append(kube.StartupError)
+    return tuple(found)
 
 
 if __name__ == "__main__":
