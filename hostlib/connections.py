@@ -45,6 +45,7 @@ NFS_VERSIONS = {
     "auto": (),
 }
 MAX_BACKUP_SERVERS = 16
+MAX_STACKED = 8
 HOST_SCOPE_PREFIX = ("systemd-run", "--scope", "--slice=hoststorage-glusterfs")
 _GLUSTER_VOLUME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -472,18 +473,15 @@ class MountConnection:
         return True
 
     def _mount(self) -> None:
-        argv = self.mount_argv()
-        try:
-            self.host.runner(argv, timeout=self.host.command_timeout)
-        except commands.CommandNotFound as exc:
-            raise errors.Unsupported(f"cannot mount {self.source}: {exc.tool_message}") from exc
-        except commands.CommandError as exc:
-            text = exc.tool_message
-            if exc.timed_out:
-                raise errors.MountFailed(f"mount {self.source} on {self.mount_point} timed out") from exc
-            if "unknown filesystem type" in text or "No such device" in text:
-                raise errors.Unsupported(f"mount {self.source} on {self.mount_point} failed: {text}") from exc
-            raise errors.MountFailed(f"mount {self.source} on {self.mount_point} failed: {text}") from exc
+        mounts.mount(
+            self.host.runner,
+            self.source,
+            self.mount_point,
+            self.fstype,
+            self.options,
+            timeout=self.host.command_timeout,
+            prefix=self.prefix,
+        )
 
     def _check_access(self) -> None:
         read_only = "ro" in self.options
@@ -523,28 +521,38 @@ class MountConnection:
             log.warning("connection %s: %s; not ours, leaving it", self.name, observed.conflict)
             return False
         changed = False
-        if observed.connected:
-            try:
-                mounts.umount(self.host.runner, self.mount_point, timeout=self.host.command_timeout)
-            except (errors.InUse, errors.UnmountFailed):
-                if not force:
-                    raise
-                log.warning("connection %s: %s busy, unmounting lazily", self.name, self.mount_point)
-                mounts.umount(
-                    self.host.runner,
-                    self.mount_point,
-                    timeout=self.host.command_timeout,
-                    lazy=True,
-                    force=self._umount_force_flags(),
-                )
+        # Stacked mounts of our source (mounted twice by hand) go one by one; bounded, never a loop.
+        for _ in range(MAX_STACKED):
+            if not observed.connected:
+                break
+            self._umount(force)
             changed = True
-            # A second record of ours (stacked mounts of the same source) goes the same way.
-            if self.observe().connected:
-                return changed or self.disconnect(force=force)
+            observed = self.observe()
+        else:
+            if observed.connected:
+                raise errors.UnmountFailed(
+                    f"{self.mount_point} is still mounted after {MAX_STACKED} unmounts"
+                )
         if mounts.mounts_at(self.mount_point):
             log.warning("connection %s: something else is still mounted on %s", self.name, self.mount_point)
             return changed
         return self._rmdir() or changed
+
+    def _umount(self, force: bool) -> None:
+        timeout = self.host.command_timeout
+        try:
+            mounts.umount(self.host.runner, self.mount_point, timeout=timeout)
+        except (errors.InUse, errors.UnmountFailed):
+            if not force:
+                raise
+            log.warning("connection %s: %s busy, unmounting lazily", self.name, self.mount_point)
+            mounts.umount(
+                self.host.runner,
+                self.mount_point,
+                timeout=timeout,
+                lazy=True,
+                force=self._umount_force_flags(),
+            )
 
 
 class NfsConnection(MountConnection):

@@ -559,14 +559,23 @@ def mount(
     timeout: float,
     prefix: Sequence[str] = (),
 ) -> None:
-    """Run mount(8); failure -> MountFailed with the tool's own message (or Unsupported if no tool)."""
+    """Run mount(8); failure -> MountFailed with the tool's own message.
+
+    A missing tool, or a kernel without the filesystem ("unknown filesystem type", mount.nfs's
+    "No such device"), is Unsupported: permanent, retrying would not help.
+    """
     argv = (*prefix, *mount_argv(source, target, fstype, options))
     try:
         runner(argv, timeout=timeout)
     except commands.CommandNotFound as exc:
         raise errors.Unsupported(f"cannot mount {source} on {target}: {exc.tool_message}") from exc
     except commands.CommandError as exc:
-        raise errors.MountFailed(f"mount {source} on {target} failed: {exc.tool_message}") from exc
+        text = exc.tool_message
+        if exc.timed_out:
+            raise errors.MountFailed(f"mount {source} on {target} timed out after {timeout:g}s") from exc
+        if "unknown filesystem type" in text or "No such device" in text:
+            raise errors.Unsupported(f"mount {source} on {target} failed: {text}") from exc
+        raise errors.MountFailed(f"mount {source} on {target} failed: {text}") from exc
     log.info("mounted %s on %s (%s)", source, target, fstype)
 
 

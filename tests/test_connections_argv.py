@@ -515,3 +515,34 @@ def test_chap_password_never_in_repr() -> None:
 def test_type_names() -> None:
     assert connections.type_name(connections.LocalfsParams("/x")) == "localfs"
     assert connections.type_name(connections.NfsParams("s", "/x")) == "nfs"
+
+
+def test_stacked_mounts_of_our_source_all_go(host: config.HostConfig, fake: FakeHost) -> None:
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    conn.connect()
+    fake.add_mount("/dev/loop7", conn.target())
+    fake.calls.clear()
+
+    def umount_one(argv: Sequence[str], **kwargs: object) -> commands.Result:
+        fake.calls.append(tuple(argv))
+        fake.table.pop()
+        return commands.Result(tuple(argv), 0, "", "", 0.0)
+
+    cfg_conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"),
+                                           dataclasses.replace(host, runner=umount_one))  # fmt: skip
+    assert cfg_conn.disconnect() is True
+    assert fake.calls == [("umount", conn.target())] * 2
+    assert not os.path.lexists(conn.target())
+
+
+def test_an_unmount_that_does_not_take_is_bounded(host: config.HostConfig, fake: FakeHost) -> None:
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    conn.connect()
+
+    def ignore(argv: Sequence[str], **kwargs: object) -> commands.Result:
+        return commands.Result(tuple(argv), 0, "", "", 0.0)
+
+    stuck = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"),
+                                        dataclasses.replace(host, runner=ignore))  # fmt: skip
+    with pytest.raises(errors.UnmountFailed, match="still mounted after 8 unmounts"):
+        stuck.disconnect()
