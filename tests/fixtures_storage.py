@@ -25,10 +25,11 @@ Fixtures (all need root; they skip with the reason when the host cannot provide 
     the default 42 s; remember to SIGCONT it (``resume_brick()``; teardown also does, defensively).
     Measured here with a SIGSTOPped brick, a direct-I/O 4 KiB read on the FUSE mount fails with
     "Transport endpoint is not connected" after 1.8 s (ping-timeout 1, the minimum gluster accepts),
-    3.9 s (2) and 5.6 s (3). 2 is the default: 1 s leaves no slack for a loaded 2-core CI machine. At session end the volume
-    is stopped and deleted; glusterd is stopped only by the last test session that uses it and only if a
-    test session started it (a shared registry under /run/hoststorage-tests/glusterd, guarded by flock,
-    because several engineers' pytest runs share this machine's glusterd).
+    3.9 s (2) and 5.6 s (3). 2 is the default: 1 s leaves no slack for a loaded 2-core CI machine.
+    At session end the volume is stopped and deleted; glusterd is stopped only by the last test
+    session that uses it and only if a test session started it (a shared registry under
+    /run/hoststorage-tests/glusterd, guarded by flock: several pytest runs share this machine's
+    glusterd).
 """
 
 from __future__ import annotations
