@@ -459,8 +459,16 @@ class PoolLayer:
             return self._outage
 
     def _connect(self) -> None:
+        abandoned = threading.Event()
+
         def open_and_register() -> tuple[Any, list[int]]:
             conn = libvirt.open(self.uri)
+            if abandoned.is_set():
+                # The caller gave up waiting (a hung daemon that came back late): this connection
+                # would register a second set of callbacks, so it is closed instead of used.
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.close()
+                raise libvirt.libvirtError("connection abandoned after a timeout")
             try:
                 conn.setKeepAlive(*self.keepalive)
                 conn.registerCloseCallback(self._on_close, None)
@@ -484,6 +492,7 @@ class PoolLayer:
             self._set_outage(str(exc))
             raise LibvirtUnavailable(f"cannot connect to libvirt {self.uri}: {exc}") from exc
         except errors.Timeout as exc:
+            abandoned.set()
             self._set_outage(exc.message)
             raise LibvirtUnavailable(f"connecting to libvirt {self.uri} timed out") from exc
         with self._lock:

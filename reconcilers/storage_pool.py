@@ -25,7 +25,7 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from hostlib import actions, errors, ledger, libvirt_pools, paths
@@ -862,6 +862,42 @@ def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult
     except errors.HostStorageError as exc:
         return _error_result(entry.name, exc, {"libvirtName": name})
     return _observed_result(entry.name, observed, changed=False, planned=[])
+
+
+def names_for_libvirt_pool(host: host_mod.Host, libvirt_name: str) -> list[str]:
+    """The StoragePool object(s) a libvirt pool event is about: the ledger's owner, else the same name."""
+    owners = [e.name for e in host.ledger.entries(KIND) if e.resource.get("libvirtName") == libvirt_name]
+    return owners or [libvirt_name]
+
+
+def subscribe(
+    host: host_mod.Host, enqueue: Callable[[str], None], known: Callable[[], Iterable[str]]
+) -> Callable[[], None]:
+    """Feed libvirt into the caller's work queue; returns a function that stops it.
+
+    A pool lifecycle or refresh event enqueues the StoragePool name(s) of that libvirt pool
+    (:func:`names_for_libvirt_pool`), so a pool stopped behind our back is reconciled at once; after a
+    reconnect to libvirtd every name ``known()`` returns is enqueued (re-reconcile every pool). Both
+    callbacks run in libvirt's threads and only enqueue.
+    """
+    layer = layer_for(host)
+
+    def on_pool(libvirt_name: str) -> None:
+        for name in names_for_libvirt_pool(host, libvirt_name):
+            enqueue(name)
+
+    def on_reconnect() -> None:
+        for name in known():
+            enqueue(name)
+
+    layer.add_pool_listener(on_pool)
+    layer.add_reconnect_listener(on_reconnect)
+
+    def unsubscribe() -> None:
+        layer.remove_listener(on_pool)
+        layer.remove_listener(on_reconnect)
+
+    return unsubscribe
 
 
 def resolve(host: host_mod.Host, name: str) -> str | None:

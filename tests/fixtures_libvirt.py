@@ -66,7 +66,7 @@ def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _libvirtd_pid() -> int | None:
+def libvirtd_pid() -> int | None:
     try:
         with open(LIBVIRTD_PID, encoding="ascii") as f:
             pid = int(f.read().strip())
@@ -84,7 +84,7 @@ def start_libvirtd() -> None:
 
 
 def stop_libvirtd() -> None:
-    pid = _libvirtd_pid()
+    pid = libvirtd_pid()
     if pid is None:
         return
     os.kill(pid, signal.SIGTERM)

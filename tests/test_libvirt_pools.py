@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+import signal
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -283,3 +284,37 @@ def test_reconnects_after_libvirtd_restart(layer: libvirt_pools.PoolLayer, dir_p
     layer.build(dir_pool)
     layer.start(dir_pool)
     assert got.wait(5)
+
+
+@pytest.mark.host
+@pytest.mark.slow
+def test_a_hung_libvirtd_is_bounded_and_detected_by_keepalive(
+    libvirtd: str, tmp_path: os.PathLike[str]
+) -> None:
+    lay = libvirt_pools.PoolLayer(libvirtd, call_timeout=2.0, keepalive=(1, 1), backoff=(0.2, 1.0))
+    assert lay.connect()
+    pid = fixtures_libvirt.libvirtd_pid()
+    assert pid is not None
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            with pytest.raises((errors.Timeout, libvirt_pools.LibvirtUnavailable)):
+                lay.observe(_name())
+            assert time.monotonic() - t0 < 3.0, "a libvirt call was not bounded"
+            deadline = time.monotonic() + 10
+            while lay.connected:
+                assert time.monotonic() < deadline, (
+                    "keepalive did not close the connection to a hung libvirtd"
+                )
+                time.sleep(0.05)
+            assert lay.outage is not None
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while not lay.connected:
+            assert time.monotonic() < deadline, "no reconnect after libvirtd resumed"
+            time.sleep(0.05)
+        assert lay.observe(_name()) is None
+    finally:
+        lay.close()

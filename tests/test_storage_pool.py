@@ -560,32 +560,24 @@ def test_connection_ref_on_a_posixfs_connection(host: host_mod.Host, loop_device
 
 
 class MiniAgent:
-    """The agent's loop in miniature: libvirt events and reconnects enqueue the key, a worker reconciles."""
+    """The agent's loop in miniature, wired through ``storage_pool.subscribe`` as the agent is: libvirt
+    events and reconnects enqueue the StoragePool's name, a worker reconciles it."""
 
     def __init__(self, host: host_mod.Host, spec: storage_pool.PoolSpec) -> None:
         self.host, self.spec = host, spec
         self.keys: queue.Queue[str | None] = queue.Queue()
         self.results: list[tuple[float, Any]] = []
-        self.layer: libvirt_pools.PoolLayer = host.pools
-        self.layer.add_pool_listener(self.on_event)
-        self.layer.add_reconnect_listener(self.on_reconnect)
+        self.unsubscribe = storage_pool.subscribe(host, self.keys.put, lambda: [spec.name])
         self.worker = threading.Thread(target=self.run, daemon=True)
         self.worker.start()
 
-    def on_event(self, name: str) -> None:
-        if name == self.spec.libvirt_name:
-            self.keys.put(name)
-
-    def on_reconnect(self) -> None:
-        self.keys.put(self.spec.libvirt_name)
-
     def run(self) -> None:
-        while self.keys.get() is not None:
-            self.results.append((time.monotonic(), storage_pool.reconcile(self.spec, self.host)))
+        while (key := self.keys.get()) is not None:
+            if key == self.spec.name:
+                self.results.append((time.monotonic(), storage_pool.reconcile(self.spec, self.host)))
 
     def stop(self) -> None:
-        self.layer.remove_listener(self.on_event)
-        self.layer.remove_listener(self.on_reconnect)
+        self.unsubscribe()
         self.keys.put(None)
         self.worker.join(10)
 
