@@ -8,6 +8,7 @@ import os
 import pathlib
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 from fixtures_storage import GlusterVolume, LoopFactory, holding_open
@@ -15,6 +16,14 @@ from fixtures_storage import GlusterVolume, LoopFactory, holding_open
 from hostlib import commands, config, connections, errors, ledger, mounts
 
 pytestmark = pytest.mark.host
+
+
+@pytest.fixture(autouse=True)
+def no_mounts_left(mount_base: str) -> Iterator[None]:
+    """A test that leaves a mount under its base fails (mount_base would clean up silently)."""
+    yield
+    left = [r.target for r in mounts.mounts_under(mount_base)]
+    assert not left, f"the test left mounts behind: {left}"
 
 
 def is_mounted_at(target: str) -> bool:
