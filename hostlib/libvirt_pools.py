@@ -773,13 +773,36 @@ def _kernel_module_available(
     return False
 
 
-def preflight(pool_type: str) -> None:
-    """Refuse, before anything is defined, a pool type this host cannot run (``Unsupported``).
+def _filesystem_available(fstype: str) -> bool:
+    try:
+        with open("/proc/filesystems", encoding="ascii", errors="replace") as f:
+            if any(line.split()[-1:] == [fstype] for line in f):
+                return True
+    except OSError:
+        return True  # cannot tell: let mount(8) decide and report
+    return _kernel_module_available(fstype)
+
+
+def preflight(pool_type: str, source_format: str | None = None) -> None:
+    """Refuse, before anything is defined, a pool this host cannot run (``Unsupported``).
 
     iscsi pools need the kernel's iSCSI initiator (iscsi_tcp) and iscsiadm; logical pools need
-    device-mapper and the lvm2 tools. dir, fs, netfs and iscsi-direct (libiscsi in userspace) need
-    nothing beyond libvirtd; their own failures surface from libvirt with its message.
+    device-mapper and the lvm2 tools; netfs pools need the NFS client (nfs) or FUSE and
+    mount.glusterfs (glusterfs). dir, fs and iscsi-direct (libiscsi in userspace) need nothing beyond
+    libvirtd; their own failures surface from libvirt with its message.
     """
+    if pool_type == "netfs" and source_format == "nfs" and not _filesystem_available("nfs"):
+        raise errors.Unsupported(
+            "netfs pools with format nfs need the kernel NFS client, and this kernel has none "
+            "(nfs is neither in /proc/filesystems nor installed as a module)"
+        )
+    if pool_type == "netfs" and source_format == "glusterfs":
+        if not os.path.exists("/dev/fuse"):
+            raise errors.Unsupported("netfs pools with format glusterfs need FUSE, and there is no /dev/fuse")
+        if shutil.which("mount.glusterfs") is None and not os.path.exists("/sbin/mount.glusterfs"):
+            raise errors.Unsupported(
+                "netfs pools with format glusterfs need mount.glusterfs (glusterfs-client)"
+            )
     if pool_type == "iscsi":
         if not _kernel_module_available("iscsi_tcp"):
             raise errors.Unsupported(

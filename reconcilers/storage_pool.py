@@ -442,6 +442,7 @@ def desired_definition(spec: PoolSpec, host: host_mod.Host) -> Desired:
             owned_paths=(target,),
         )
     if isinstance(src, NetfsSource):
+        libvirt_pools.preflight("netfs", src.format)
         target = paths.confine(host.config.mount_base, f"{POOLS_SUBDIR}/{name}")
         return Desired(
             libvirt_pools.PoolDefinition(
@@ -604,7 +605,12 @@ def plan(
     """(desired, observed) -> the verbs to run, in order. Pure."""
     name = desired.name
     out: list[actions.Action] = []
-    needs_define = observed is None or observed.definition.comparable() != desired.comparable()
+    # A transient pool (created, not defined) is made persistent: hoststorage pools survive restarts.
+    needs_define = (
+        observed is None
+        or not observed.persistent
+        or observed.definition.comparable() != desired.comparable()
+    )
     active = observed is not None and observed.active
     if needs_define:
         what = "define" if observed is None else "redefine (definition differs)"

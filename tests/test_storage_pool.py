@@ -403,6 +403,33 @@ def test_bad_input_at_reconcile_leaves_libvirt_and_ledger_unchanged(
 
 
 @pytest.mark.host
+def test_netfs_nfs_fails_cleanly_without_an_nfs_client(host: host_mod.Host) -> None:
+    try:
+        libvirt_pools.preflight("netfs", "nfs")
+    except errors.Unsupported:
+        pass
+    else:
+        pytest.skip("this kernel has an NFS client")
+    before = libvirt_state()
+    _, res = apply(host, {"netfs": {"host": "127.0.0.1", "dir": "/exports/x", "format": "nfs"}})
+    assert (res.phase, res.reason, res.retry) == ("Failed", "Unsupported", False)
+    assert "NFS client" in res.message
+    assert libvirt_state() == before and host.ledger.entries() == []
+
+
+@pytest.mark.host
+def test_renaming_the_libvirt_pool_replaces_the_old_one(host: host_mod.Host) -> None:
+    target = os.path.join(host.config.allowed_host_paths[0], "rn")
+    name = _uniq()
+    _, first = apply(host, {"dir": {"path": target}, "libvirtName": f"{name}-a"}, name)
+    assert first.ready
+    _, second = apply(host, {"dir": {"path": target}, "libvirtName": f"{name}-b"}, name)
+    assert second.ready and second.changed
+    listed = libvirt_state()[0]
+    assert f"{name}-a" not in listed and f"{name}-b" in listed
+
+
+@pytest.mark.host
 @pytest.mark.parametrize("kind", ["iscsi", "logical"])
 def test_iscsi_and_logical_fail_cleanly_on_this_kernel(host: host_mod.Host, kind: str) -> None:
     try:
