@@ -502,6 +502,19 @@ def _detail(
     return out
 
 
+def _source_of(spec: ConnectionSpec) -> str:
+    p = spec.params
+    if isinstance(p, connections.NfsParams):
+        return f"{p.server}:{p.export}"
+    if isinstance(p, connections.PosixfsParams):
+        return p.source
+    if isinstance(p, connections.GlusterfsParams):
+        return f"{p.server}:/{p.volume}"
+    if isinstance(p, connections.IscsiParams):
+        return f"{p.target} at {p.portal}"
+    return p.path
+
+
 def _result(
     name: str,
     phase: str,
@@ -647,12 +660,17 @@ def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = Fals
                 spec.name,
                 CONNECTED,
                 "Connected",
-                f"connected at {target}",
+                "connected",
                 detail=_detail(spec.type, observed, preexisting=preexisting),
                 plan=plan,
             )
         return _result(
-            spec.name, PENDING, "WouldConnect", f"would connect at {target}", detail=base_detail, plan=plan
+            spec.name,
+            PENDING,
+            "WouldConnect",
+            f"would connect {_source_of(spec)}",
+            detail=base_detail,
+            plan=plan,
         )
 
     try:
@@ -681,11 +699,11 @@ def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = Fals
             spec.name, FAILED, "NotConnected", why, detail=base_detail, changed=changed, retry=True
         )
     if changed:
-        message = f"connected {observed.source or ''} at {target}".replace("  ", " ")
+        message = f"connected {observed.source or _source_of(spec)}"
     elif preexisting:
-        message = f"already connected at {target} by something else; hoststorage will not undo it"
+        message = "connected before hoststorage came: it uses it but will never undo it"
     else:
-        message = f"connected at {target}"
+        message = "connected"
     return _result(
         spec.name,
         CONNECTED,
@@ -790,7 +808,7 @@ def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult
             entry.name,
             CONNECTED,
             "Connected",
-            f"connected at {observed.target}",
+            "connected",
             detail=_detail(spec.type, observed, preexisting=preexisting),
         )
     why = observed.conflict or "not connected; the next apply restores it"
