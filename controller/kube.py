@@ -21,6 +21,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+import kopf
 import kubernetes
 import urllib3
 
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 MERGE_PATCH = "application/merge-patch+json"
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for one blocking call; a hung API server must not hang a worker forever."""
+
+
+class StartupError(Exception):
+    """The agent or controller cannot start (no NODE_NAME, no API configuration): one line, exit 2."""
 
 
 class ApiError(Exception):
@@ -290,3 +295,73 @@ def resource_version_newer(new: Mapping[str, Any], old: Mapping[str, Any] | None
     if isinstance(a, str) and isinstance(b, str) and a.isdigit() and b.isdigit():
         return int(a) >= int(b)
     return True
+
+
+# ---------------------------------------------------------------- kopf wiring shared by agent and controller
+
+
+class _NoProgress(kopf.ProgressStorage):
+    """Stores nothing: we use event handlers only, and must never write kopf state onto shared parents."""
+
+    def fetch(self, *, key: Any, body: Any) -> None:
+        return None
+
+    def store(self, *, key: Any, record: Any, body: Any, patch: Any) -> None:
+        return None
+
+    def purge(self, *, key: Any, body: Any, patch: Any) -> None:
+        return None
+
+    def touch(self, *, body: Any, patch: Any, value: Any) -> None:
+        return None
+
+    def clear(self, *, essence: Any) -> Any:
+        return essence
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    def fetch(self, *, body: Any) -> None:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
+def operator_settings(component: str, instance: str) -> Any:
+    """kopf settings that write nothing to watched objects: no progress or diff-base annotations, no
+    finalizers (we register no change-detecting handlers), no Events from handler logs."""
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = _NoProgress()
+    settings.persistence.diffbase_storage = _NoDiffBase()
+    settings.persistence.finalizer = f"{naming.GROUP}/kopf-unused"
+    settings.posting.enabled = False
+    settings.peering.standalone = True
+    settings.peering.clusterwide = True
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.networking.connect_timeout = 10
+    settings.posting.reporting_component = component
+    settings.posting.reporting_instance = instance
+    settings.scanning.disabled = True
+    return settings
+
+
+def login_handler(kubeconfig: str | None) -> Any:
+    """A kopf login handler using the same configuration as :class:`Api`."""
+
+    def login(**_: Any) -> Any:
+        c = load_configuration(kubeconfig)
+        header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization")
+        scheme, token = None, None
+        if header:
+            parts = header.split(" ", 1)
+            scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+        return kopf.ConnectionInfo(
+            server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl, scheme=scheme, token=token,
+            username=c.username or None, password=c.password or None,
+            certificate_path=c.cert_file, private_key_path=c.key_file,
+        )
+
+    return login

@@ -30,6 +30,7 @@ kubeconfig for kubectl and the hoststorage processes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import datetime
@@ -94,8 +95,16 @@ CORE_RESOURCES = (
     ResourceSpec("", "v1", "secrets", "Secret", True, False, "secret"),
     ResourceSpec("events.k8s.io", "v1", "events", "Event", True, False, "event", ("ev",)),
     ResourceSpec("coordination.k8s.io", "v1", "leases", "Lease", True, False, "lease"),
-    ResourceSpec("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-                 False, True, "customresourcedefinition", ("crd", "crds")),
+    ResourceSpec(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        False,
+        True,
+        "customresourcedefinition",
+        ("crd", "crds"),
+    ),
 )
 
 
@@ -274,8 +283,12 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return {"paths": paths}
 
     async def _serve_openapi_v3_gv(self, request: Any) -> Any:
-        return {"openapi": "3.0.0", "info": {"title": "kmock", "version": "v0"}, "paths": {},
-                "components": {"schemas": {}}}
+        return {
+            "openapi": "3.0.0",
+            "info": {"title": "kmock", "version": "v0"},
+            "paths": {},
+            "components": {"schemas": {}},
+        }
 
     # ---- discovery from the registered resources (kmock lists subresources with short names and
     # categories, which makes kubectl's short-name expansion ambiguous)
@@ -295,8 +308,11 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         return {"name": group, "versions": gvs, "preferredVersion": gvs[0]}
 
     async def _serve_apis(self, request: Any) -> Any:
-        return {"kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [self._group_doc(g, vs) for g, vs in sorted(self._groups().items())]}
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [self._group_doc(g, vs) for g, vs in sorted(self._groups().items())],
+        }
 
     async def _serve_group(self, request: Any) -> Any:
         group = request.resource.group
@@ -312,13 +328,27 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         for spec in self.specs.values():
             if (spec.group, spec.version) != (group, version):
                 continue
-            resources.append({"name": spec.plural, "singularName": spec.singular or spec.kind.lower(),
-                              "namespaced": spec.namespaced, "kind": spec.kind, "verbs": verbs,
-                              "shortNames": list(spec.shortnames), "categories": list(spec.categories)})
+            resources.append(
+                {
+                    "name": spec.plural,
+                    "singularName": spec.singular or spec.kind.lower(),
+                    "namespaced": spec.namespaced,
+                    "kind": spec.kind,
+                    "verbs": verbs,
+                    "shortNames": list(spec.shortnames),
+                    "categories": list(spec.categories),
+                }
+            )
             if spec.status_subresource:
-                resources.append({"name": f"{spec.plural}/status", "singularName": "",
-                                  "namespaced": spec.namespaced, "kind": spec.kind,
-                                  "verbs": ["get", "patch", "update"]})
+                resources.append(
+                    {
+                        "name": f"{spec.plural}/status",
+                        "singularName": "",
+                        "namespaced": spec.namespaced,
+                        "kind": spec.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
         if not resources:
             raise kmock.KubernetesResourceNotFoundError()
         gv = f"{group}/{version}" if group else version
@@ -330,28 +360,42 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         self.specs[spec.key] = spec
         res = kmock.resource(spec.group, spec.version, spec.plural)
         self.resources[res] = kmock.ResourceInfo(
-            kind=spec.kind, singular=spec.singular or spec.kind.lower(), namespaced=spec.namespaced,
-            shortnames=set(spec.shortnames), categories=set(spec.categories),
+            kind=spec.kind,
+            singular=spec.singular or spec.kind.lower(),
+            namespaced=spec.namespaced,
+            shortnames=set(spec.shortnames),
+            categories=set(spec.categories),
             verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
             subresources={"status"} if spec.status_subresource else set(),
         )
 
     def register_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve the custom resource a CRD manifest defines (every served version)."""
+        self._register_crd_specs(crd)
+        self.put_object(("apiextensions.k8s.io", "v1", "customresourcedefinitions"), dict(crd))
+
+    def _register_crd_specs(self, crd: Mapping[str, Any]) -> None:
         crd_spec = crd["spec"]
         names = crd_spec["names"]
         for version in crd_spec["versions"]:
             if not version.get("served", True):
                 continue
-            self.register(ResourceSpec(
-                group=crd_spec["group"], version=version["name"], plural=names["plural"],
-                kind=names["kind"], namespaced=crd_spec.get("scope") == "Namespaced",
-                status_subresource="status" in (version.get("subresources") or {}),
-                singular=names.get("singular", ""), shortnames=tuple(names.get("shortNames") or ()),
-                categories=tuple(names.get("categories") or ()),
-                printer_columns=tuple(version.get("additionalPrinterColumns") or ()),
-            ))
-        self.put_object(("apiextensions.k8s.io", "v1", "customresourcedefinitions"), dict(crd))
+            self.register(
+                ResourceSpec(
+                    group=crd_spec["group"],
+                    version=version["name"],
+                    plural=names["plural"],
+                    kind=names["kind"],
+                    namespaced=crd_spec.get("scope") == "Namespaced",
+                    status_subresource="status" in (version.get("subresources") or {}),
+                    singular=names.get("singular", ""),
+                    shortnames=tuple(names.get("shortNames") or ()),
+                    categories=tuple(names.get("categories") or ()),
+                    printer_columns=tuple(
+                        c for c in version.get("additionalPrinterColumns") or () if not c.get("priority")
+                    ),
+                )
+            )
 
     def load_crds(self, directory: pathlib.Path) -> None:
         for path in sorted(directory.glob("*.yaml")):
@@ -391,11 +435,19 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         try:
             return await self._serve(spec, request)
         except ApiError as e:
-            return aiohttp.web.json_response({
-                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                "code": e.code, "reason": e.reason, "message": e.message,
-                "details": {"name": request.name or "", "kind": spec.plural},
-            }, status=e.code)
+            return aiohttp.web.json_response(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "metadata": {},
+                    "status": "Failure",
+                    "code": e.code,
+                    "reason": e.reason,
+                    "message": e.message,
+                    "details": {"name": request.name or "", "kind": spec.plural},
+                },
+                status=e.code,
+            )
 
     async def _serve(self, spec: ResourceSpec, request: kmock.Request) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
@@ -409,13 +461,17 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if method == "GET" and request.name is None:
             return self._list(spec, request, ns, params)
         if method == "GET":
-            return aiohttp.web.json_response(self._get(spec, ns, request.name))
+            obj = self._get(spec, ns, request.name)
+            if "as=Table" in request.headers.get("Accept", "") and sub is None:
+                return aiohttp.web.json_response(self._table(spec, [obj]))
+            return aiohttp.web.json_response(obj)
         if method == "POST" and request.name is None:
             body = request.data if isinstance(request.data, dict) else None
             if body is None:
                 raise ApiError(400, "BadRequest", "the body is not a JSON object")
-            return aiohttp.web.json_response(self._create(spec, ns, body, dry_run=bool(params.get("dryRun"))),
-                                              status=201)
+            return aiohttp.web.json_response(
+                self._create(spec, ns, body, dry_run=bool(params.get("dryRun"))), status=201
+            )
         if method == "PATCH" and request.name is not None:
             ctype = request.headers.get("Content-Type", "").split(";")[0].strip()
             return aiohttp.web.json_response(self._patch(spec, ns, request.name, sub, ctype, request.data))
@@ -439,26 +495,33 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return False
         return not params.get("fieldSelector") or field_selector_matches(params["fieldSelector"], spec, obj)
 
-    def _list(self, spec: ResourceSpec, request: kmock.Request, ns: str | None,
-              params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
+    def _list(
+        self, spec: ResourceSpec, request: kmock.Request, ns: str | None, params: Mapping[str, str]
+    ) -> aiohttp.web.StreamResponse:
         items = [
-            obj for (key, ons, _), obj in sorted(self.store.items(), key=lambda kv: str(kv[0]))
+            obj
+            for (key, ons, _), obj in sorted(self.store.items(), key=lambda kv: str(kv[0]))
             if key == spec.key and (ns is None or ons == ns) and self._selected(spec, obj, params)
         ]
         accept = request.headers.get("Accept", "")
         if "as=Table" in accept:
             return aiohttp.web.json_response(self._table(spec, items))
-        return aiohttp.web.json_response({
-            "apiVersion": spec.api_version, "kind": f"{spec.kind}List",
-            "metadata": {"resourceVersion": str(self.rv)}, "items": items,
-        })
+        return aiohttp.web.json_response(
+            {
+                "apiVersion": spec.api_version,
+                "kind": f"{spec.kind}List",
+                "metadata": {"resourceVersion": str(self.rv)},
+                "items": items,
+            }
+        )
 
     def _table(self, spec: ResourceSpec, items: list[dict[str, Any]]) -> dict[str, Any]:
         """A meta.k8s.io Table, as ``kubectl get`` asks for, with the CRD's printer columns."""
         columns = [{"name": "Name", "type": "string", "format": "name"}]
         paths = [".metadata.name"]
-        for col in spec.printer_columns or ({"name": "Age", "type": "date",
-                                             "jsonPath": ".metadata.creationTimestamp"},):
+        for col in spec.printer_columns or (
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ):
             columns.append({"name": col["name"], "type": col.get("type", "string"), "format": ""})
             paths.append(col["jsonPath"])
         rows = []
@@ -469,21 +532,36 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 if col["type"] == "date" and value:
                     value = _age(value)
                 cells.append("<none>" if value is None else value)
-            rows.append({"cells": cells, "object": {
-                "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                "metadata": obj.get("metadata", {})}})
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                "metadata": {"resourceVersion": str(self.rv)}, "columnDefinitions": columns, "rows": rows}
+            rows.append(
+                {
+                    "cells": cells,
+                    "object": {
+                        "kind": "PartialObjectMetadata",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": obj.get("metadata", {}),
+                    },
+                }
+            )
+        return {
+            "kind": "Table",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": str(self.rv)},
+            "columnDefinitions": columns,
+            "rows": rows,
+        }
 
-    async def _watch(self, spec: ResourceSpec, request: kmock.Request, ns: str | None,
-                     params: Mapping[str, str]) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self, spec: ResourceSpec, request: kmock.Request, ns: str | None, params: Mapping[str, str]
+    ) -> aiohttp.web.StreamResponse:
         since_text = params.get("resourceVersion") or ""
         since = int(since_text) if since_text.isdigit() else 0
         timeout = float(params.get("timeoutSeconds") or 1800)
         name = request.name
         if name is not None:
             extra = f"metadata.name={name}"
-            params = dict(params, fieldSelector=",".join(s for s in (params.get("fieldSelector"), extra) if s))
+            params = dict(
+                params, fieldSelector=",".join(s for s in (params.get("fieldSelector"), extra) if s)
+            )
         # Validate selectors before the stream starts, so errors are plain HTTP errors.
         self._selected(spec, {"metadata": {}}, params)
         response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -500,8 +578,17 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             return (ns is None or ons == ns) and self._selected(spec, obj, params)
 
         if since and since < self.compacted_rv:
-            await send("ERROR", {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 410,
-                                 "reason": "Expired", "message": f"too old resource version: {since}"})
+            await send(
+                "ERROR",
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "code": 410,
+                    "reason": "Expired",
+                    "message": f"too old resource version: {since}",
+                },
+            )
             await response.write_eof()
             return response
         position = 0
@@ -529,10 +616,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                     elif now_in:
                         await send(ev.type, ev.obj)
                 changed = self._changed_event()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout=min(1.0, max(0.0, deadline - loop.time())))
-                except TimeoutError:
-                    pass
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             pass
@@ -555,8 +640,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     # ---- writes
 
-    def _create(self, spec: ResourceSpec, ns: str | None, body: dict[str, Any], *,
-                dry_run: bool = False) -> dict[str, Any]:
+    def _create(
+        self, spec: ResourceSpec, ns: str | None, body: dict[str, Any], *, dry_run: bool = False
+    ) -> dict[str, Any]:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -579,6 +665,21 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         obj["apiVersion"], obj["kind"] = spec.api_version, spec.kind
         for key in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(key, None)
+        if spec.kind == "CustomResourceDefinition":
+            # The API server establishes a CRD's names at once when they do not clash (no clash here).
+            self._register_crd_specs(obj)
+            obj["status"] = {
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": ""},
+                    {
+                        "type": "Established",
+                        "status": "True",
+                        "reason": "InitialNamesAccepted",
+                        "message": "",
+                    },
+                ],
+                "acceptedNames": obj["spec"]["names"],
+            }
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_text()
         meta["generation"] = 1
@@ -593,11 +694,16 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     def _check_rv(self, old: Mapping[str, Any], new_meta: Mapping[str, Any]) -> None:
         want = new_meta.get("resourceVersion")
         if want and want != old["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", "Operation cannot be fulfilled: the object has been modified; "
-                                            "please apply your changes to the latest version and try again")
+            raise ApiError(
+                409,
+                "Conflict",
+                "Operation cannot be fulfilled: the object has been modified; "
+                "please apply your changes to the latest version and try again",
+            )
 
-    def _patch(self, spec: ResourceSpec, ns: str | None, name: str, sub: str | None, ctype: str,
-               body: Any) -> dict[str, Any]:
+    def _patch(
+        self, spec: ResourceSpec, ns: str | None, name: str, sub: str | None, ctype: str, body: Any
+    ) -> dict[str, Any]:
         old = self._get(spec, ns, name)
         if ctype == "application/json-patch+json":
             if not isinstance(body, list):
@@ -609,19 +715,29 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             self._check_rv(old, body.get("metadata") or {})
             new = merge_patch(old, body)
         else:
-            raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}")
+            raise ApiError(
+                415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}"
+            )
         return self._update(spec, ns, name, sub, old, new)
 
-    def _replace(self, spec: ResourceSpec, ns: str | None, name: str, sub: str | None,
-                 body: Any) -> dict[str, Any]:
+    def _replace(
+        self, spec: ResourceSpec, ns: str | None, name: str, sub: str | None, body: Any
+    ) -> dict[str, Any]:
         old = self._get(spec, ns, name)
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the body is not a JSON object")
         self._check_rv(old, body.get("metadata") or {})
         return self._update(spec, ns, name, sub, old, copy.deepcopy(body))
 
-    def _update(self, spec: ResourceSpec, ns: str | None, name: str, sub: str | None,
-                old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    def _update(
+        self,
+        spec: ResourceSpec,
+        ns: str | None,
+        name: str,
+        sub: str | None,
+        old: dict[str, Any],
+        new: dict[str, Any],
+    ) -> dict[str, Any]:
         new = copy.deepcopy(new)
         old_meta = old["metadata"]
         if spec.status_subresource:
@@ -637,8 +753,16 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
             else:
                 new.pop("status", None)
         meta = new.setdefault("metadata", {})
-        for key in ("uid", "creationTimestamp", "name", "namespace", "generation", "resourceVersion",
-                    "deletionTimestamp", "deletionGracePeriodSeconds"):
+        for key in (
+            "uid",
+            "creationTimestamp",
+            "name",
+            "namespace",
+            "generation",
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ):
             if key in old_meta:
                 meta[key] = old_meta[key]
             else:
@@ -647,14 +771,20 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or ()) - set(old_meta.get("finalizers") or ())
             if added:
-                raise ApiError(422, "Invalid", "metadata.finalizers: Forbidden: no new finalizers can be "
-                                               f"added if the object is being deleted, found new finalizers {sorted(added)}")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    "metadata.finalizers: Forbidden: no new finalizers can be "
+                    f"added if the object is being deleted, found new finalizers {sorted(added)}",
+                )
         if not meta.get("finalizers"):
             meta.pop("finalizers", None)
         if new == old:
             return old  # a no-op write changes nothing: no new resourceVersion, no event
         ignored = ("metadata", "status") if spec.status_subresource else ("metadata",)
-        if {k: v for k, v in new.items() if k not in ignored} != {k: v for k, v in old.items() if k not in ignored}:
+        if {k: v for k, v in new.items() if k not in ignored} != {
+            k: v for k, v in old.items() if k not in ignored
+        }:
             meta["generation"] = int(old_meta.get("generation", 1)) + 1
         meta["resourceVersion"] = self._bump()
         self.store[(spec.key, ns, name)] = new
@@ -726,60 +856,112 @@ def free_port() -> int:
 
 
 class EmulatorRunner:
-    """Serve an :class:`ApiServerEmulator` on 127.0.0.1 from a background thread's event loop."""
+    """Serve an :class:`ApiServerEmulator` on 127.0.0.1 from a background thread's event loop.
 
-    def __init__(self, emulator: ApiServerEmulator, port: int | None = None) -> None:
+    Each client process gets its own port (:meth:`add_endpoint`), all served by the one emulator, so the
+    recorded requests say who made them (kmock records the URL of every request).
+    """
+
+    def __init__(self, emulator: ApiServerEmulator) -> None:
         self.emulator = emulator
-        self.port = port or free_port()
+        self.ports: dict[str, int] = {}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="kmock", daemon=True)
         self._thread.start()
-        self._server: kmock.Server | None = None
+        self._servers: dict[str, kmock.Server] = {}
         asyncio.run_coroutine_threadsafe(self.emulator.__aenter__(), self.loop).result(10)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def add_endpoint(self, who: str) -> int:
+        self.ports[who] = free_port()
+        self._start(who)
+        return self.ports[who]
+
+    def url(self, who: str) -> str:
+        return f"http://127.0.0.1:{self.ports[who]}"
+
+    def who(self, port: int | None) -> str:
+        return next((w for w, p in self.ports.items() if p == port), "unknown")
 
     def call(self, fn: Any, *args: Any) -> Any:
         """Run ``fn(*args)`` on the emulator's loop (its state is not thread-safe)."""
+
         async def run() -> Any:
             return fn(*args)
+
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
-    def start(self) -> None:
+    def _start(self, who: str) -> None:
         async def enter() -> None:
-            self.emulator.closing = False
-            server = kmock.Server(self.emulator, host="127.0.0.1", port=self.port)
+            server = kmock.Server(self.emulator, host="127.0.0.1", port=self.ports[who])
             await server.__aenter__()
-            self._server = server
+            self._servers[who] = server
+
         asyncio.run_coroutine_threadsafe(enter(), self.loop).result(30)
 
+    def start(self) -> None:
+        """(Re)start every endpoint on its port."""
+        self.emulator.closing = False
+        for who in self.ports:
+            if who not in self._servers:
+                self._start(who)
+
     def stop(self) -> None:
+        """Stop serving (an API outage): open watches end, new connections are refused."""
+
         async def leave() -> None:
             self.emulator.closing = True
             self.emulator._changed_event().set()
-            if self._server is not None:
-                await self._server.__aexit__(None, None, None)
-                self._server = None
+            for who in reversed(list(self._servers)):  # kmock's DNS interceptors nest: LIFO
+                server = self._servers.pop(who)
+                await server.__aexit__(None, None, None)
+
         asyncio.run_coroutine_threadsafe(leave(), self.loop).result(90)
 
     def close(self) -> None:
         self.stop()
+
         async def leave() -> None:
             await self.emulator.__aexit__(None, None, None)
+
         try:
             asyncio.run_coroutine_threadsafe(leave(), self.loop).result(10)
+        except Exception:  # errors kmock accumulated; the tests assert on requests, not on these
+            pass
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
             self.loop.close()
 
-    def write_kubeconfig(self, path: pathlib.Path) -> pathlib.Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "kmock", "user": {}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-        }))
+    def requests(self) -> list[dict[str, Any]]:
+        """Every request served so far: who, method, path, query (for the API-request inventory)."""
+
+        def collect() -> list[dict[str, Any]]:
+            out = []
+            for req in list(self.emulator._requests):
+                out.append(
+                    {
+                        "who": self.who(req.url.port),
+                        "method": str(req.method.value).upper(),
+                        "path": req.url.path,
+                        "query": dict(req.params),
+                    }
+                )
+            return out
+
+        result: list[dict[str, Any]] = self.call(collect)
+        return result
+
+    def write_kubeconfig(self, path: pathlib.Path, who: str) -> pathlib.Path:
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "kmock",
+                    "clusters": [{"name": "kmock", "cluster": {"server": self.url(who)}}],
+                    "users": [{"name": "kmock", "user": {}}],
+                    "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+                }
+            )
+        )
         return path

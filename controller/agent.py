@@ -1,0 +1,762 @@
+"""``hoststorage agent``: the node agent. Makes this node match the parents that select it.
+
+DESIGN.md "The agent inside" and "Start-up sequence", in code:
+
+- kopf runs standalone with event handlers only (no annotations, finalizers or timers on the shared
+  parents; see :func:`controller.kube.operator_settings`). Handlers only record the latest object and
+  enqueue a key ``(kind, name)``; everything else happens in :class:`controller.workqueue.WorkQueue`
+  worker threads, because reconcilers block (mount, iscsiadm, libvirt).
+- A worker reads the latest parent and this Node, decides whether the parent applies here
+  (``nodeSelector`` against the Node's labels, not being deleted), then reconciles or tears down through
+  the kind module (``KIND, DETAIL_KEY, ORDER, parse, reconcile, teardown``), and writes this node's
+  StorageNodeState only when the status differs from what it last wrote or read.
+- Every applicable key is re-run every ``resync_seconds`` (jittered): drift (a mount removed behind our
+  back) is repaired, logged and counted.
+- Ledger entries without a parent (deleted while the agent was down) are torn down once the initial
+  listing is complete, never before: an empty cache must not look like "everything was deleted".
+
+The kinds are a registry of modules (``controller.local.KINDS`` by default): pools and monitors plug in
+by registration, with no per-kind code here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import cProfile
+import datetime
+import json
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import tracemalloc
+import types
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from controller import health, kube, local, metrics, naming, rollup, settings, workqueue
+from hostlib import errors, ledger, preflight
+from reconcilers import host as host_mod
+from reconcilers import status as status_mod
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+USER_ERRORS = (kube.StartupError,)
+"""Errors the CLI reports as one line and exit code 2."""
+
+COMPONENT = "hoststorage-agent"
+DETACHED = "Detached"
+DETACHING = "Detaching"
+TEARDOWN_FAILED = "TeardownFailed"
+
+
+StartupError = kube.StartupError
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("metadata") or {}
+
+
+class Agent:
+    """The state and the work of one node agent, independent of how events arrive (kopf or tests)."""
+
+    def __init__(
+        self,
+        conf: settings.Settings,
+        api: kube.Api,
+        host: host_mod.Host,
+        *,
+        kinds: Iterable[types.ModuleType] | None = None,
+        stats: metrics.Metrics | None = None,
+    ) -> None:
+        if not conf.node_name:
+            raise StartupError(
+                "NODE_NAME is not set: the agent must know which Node it serves "
+                "(set it from the downward API, spec.nodeName)"
+            )
+        self.conf = conf
+        self.node = conf.node_name
+        self.api = api
+        self.host = host
+        self.kinds = {m.KIND: m for m in (local.KINDS if kinds is None else kinds)}
+        self.metrics = stats or metrics.Metrics("agent")
+        self._lock = threading.Lock()
+        self.parents: dict[Key, dict[str, Any]] = {}
+        self._tombstones: dict[Key, dict[str, Any]] = {}
+        self.node_obj: dict[str, Any] | None = None
+        self.states: dict[str, dict[str, Any]] = {}
+        self.last: dict[Key, dict[str, Any]] = {}
+        self.synced = threading.Event()
+        self.ready = threading.Event()
+        self._initial: set[Key] = set()
+        self._done_early: set[Key] = set()
+        self.preflight: preflight.Report | None = None
+        self.stopping = threading.Event()
+        self.queue = workqueue.WorkQueue(
+            self.process, workers=conf.workers, name="agent", backoff_base=1.0, backoff_max=60.0
+        )
+        self.metrics.watch_queue(self.queue.depth)
+
+    # ------------------------------------------------------------------ event intake (any thread)
+
+    def on_parent(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        name = _meta(obj).get("name")
+        if kind not in self.kinds or not isinstance(name, str):
+            return
+        key = (kind, name)
+        body = copy.deepcopy(dict(obj))
+        body.setdefault("apiVersion", naming.API_VERSION)
+        body.setdefault("kind", kind)
+        with self._lock:
+            if event_type == "DELETED":
+                if kube.resource_version_newer(body, self.parents.get(key)):
+                    self.parents.pop(key, None)
+                    self._tombstones[key] = body
+            else:
+                if not kube.resource_version_newer(body, self.parents.get(key)):
+                    return
+                if not kube.resource_version_newer(body, self._tombstones.get(key)):
+                    return
+                self._tombstones.pop(key, None)
+                self.parents[key] = body
+        if self.synced.is_set():
+            self.queue.add(key)
+
+    def on_node(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        if _meta(obj).get("name") != self.node:
+            return
+        with self._lock:
+            old = self.node_obj
+            if event_type == "DELETED":
+                self.node_obj = None
+                return
+            if not kube.resource_version_newer(obj, old):
+                return
+            self.node_obj = copy.deepcopy(dict(obj))
+        if old is None or _meta(old).get("labels") != _meta(obj).get("labels"):
+            log.info(
+                "node %s: labels now %s; re-evaluating every object", self.node, _meta(obj).get("labels")
+            )
+            if self.synced.is_set():
+                self.enqueue_all()
+
+    def on_state(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        spec = obj.get("spec") or {}
+        if spec.get("nodeName") != self.node:
+            return
+        name = _meta(obj).get("name")
+        ref = spec.get("parentRef") or {}
+        key = (str(ref.get("kind")), str(ref.get("name")))
+        with self._lock:
+            cached = self.states.get(name) if isinstance(name, str) else None
+            if not isinstance(name, str):
+                return
+            if event_type == "DELETED":
+                if cached is not None and _meta(cached).get("uid") == _meta(obj).get("uid"):
+                    del self.states[name]
+                else:
+                    return
+            else:
+                if cached is not None and not kube.resource_version_newer(obj, cached):
+                    return
+                if cached is not None and cached.get("status") == obj.get("status"):
+                    self.states[name] = copy.deepcopy(dict(obj))
+                    return
+                self.states[name] = copy.deepcopy(dict(obj))
+        # Someone else changed or removed our record: level-triggered, so just look again.
+        if self.synced.is_set() and key[0] in self.kinds:
+            self.queue.add(key)
+
+    def enqueue_all(self) -> list[Key]:
+        with self._lock:
+            keys = set(self.parents)
+        for kind in self.kinds:
+            keys.update((kind, e.name) for e in self.host.ledger.entries(kind))
+        for key in sorted(keys, key=lambda k: (self.kinds[k[0]].ORDER, k[1])):
+            self.queue.add(key)
+        return sorted(keys)
+
+    # ------------------------------------------------------------------ start-up
+
+    def initial_refresh(self) -> None:
+        """List the Node, our StorageNodeStates and every parent, then enqueue everything once.
+
+        Runs in the background; readiness turns true when every key has been processed once.
+        """
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                node = self.api.get_node(self.node)
+                if node is None:
+                    raise kube.ApiError(404, "NotFound", f"node {self.node} does not exist (yet)")
+                self.on_node("ADDED", node)
+                selector = f"{naming.LABEL_NODE}={naming.label_value(self.node)}"
+                for obj in self.api.list_node_states(label_selector=selector):
+                    self.on_state("ADDED", obj)
+                for kind in self.kinds:
+                    for obj in self.api.list_parents(kind):
+                        self.on_parent(kind, "ADDED", obj)
+                break
+            except kube.ApiError as exc:
+                log.warning("node %s: initial listing failed (%s); retrying in %.0f s", self.node, exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+        if self.stopping.is_set():
+            return
+        self.synced.set()
+        keys = set(self.enqueue_all())
+        with self._lock:
+            self._initial = keys - self._done_early
+            if not self._initial:
+                self.ready.set()
+        log.info("node %s: initial refresh of %d objects started", self.node, len(self._initial))
+
+    def _initial_done(self, key: Key) -> None:
+        with self._lock:
+            if not self.ready.is_set() and not self._initial:
+                self._done_early.add(key)  # processed before initial_refresh recorded its keys
+            if key in self._initial:
+                self._initial.discard(key)
+                if not self._initial and not self.ready.is_set():
+                    self.ready.set()
+                    log.info("node %s: initial refresh done; ready", self.node)
+
+    # ------------------------------------------------------------------ the work
+
+    def _applies(self, parent: Mapping[str, Any] | None) -> tuple[bool, str]:
+        if parent is None:
+            return False, "deleted"
+        if _meta(parent).get("deletionTimestamp"):
+            return False, "deleting"
+        labels = _meta(self.node_obj).get("labels") or {}
+        try:
+            selected = naming.selector_matches((parent.get("spec") or {}).get("nodeSelector"), labels)
+        except naming.SelectorError:
+            # A malformed selector is the parse step's InvalidSpec; do not guess it away here.
+            return True, "selected"
+        return (True, "selected") if selected else (False, "not selected")
+
+    def process(self, key: Key) -> bool:
+        """One level-triggered pass over ``key``; returns whether to retry with backoff."""
+        kind, name = key
+        module = self.kinds.get(kind)
+        if module is None:
+            return False
+        with self._lock:
+            parent = copy.deepcopy(self.parents.get(key))
+            have_node = self.node_obj is not None
+        if not have_node:
+            log.info("node %s: Node object not seen yet; %s/%s waits", self.node, kind, name)
+            return True
+        applies, why = self._applies(parent)
+        start = time.monotonic()
+        try:
+            if applies:
+                assert parent is not None
+                retry = self._reconcile(module, key, parent)
+            else:
+                retry = self._teardown(module, key, parent, why)
+        except kube.ApiError as exc:
+            log.warning("%s/%s on %s: API call failed: %s", kind, name, self.node, exc)
+            retry = True
+        finally:
+            self.metrics.duration.labels(kind).observe(time.monotonic() - start)
+        self._initial_done(key)
+        if applies and not self.stopping.is_set():
+            self.queue.add(key, delay=self.conf.resync_seconds * random.uniform(0.9, 1.1))  # noqa: S311
+        return retry
+
+    def _reconcile(self, module: types.ModuleType, key: Key, parent: dict[str, Any]) -> bool:
+        kind, name = key
+        generation = _meta(parent).get("generation")
+        try:
+            spec = module.parse(parent)
+        except errors.InvalidSpec as exc:
+            result = status_mod.NodeResult(
+                kind=kind,
+                name=name,
+                phase="Failed",
+                ready=False,
+                reason=exc.reason,
+                message=exc.message,
+                detail_key=module.DETAIL_KEY,
+                conditions=(
+                    status_mod.Condition("Ready", status_mod.ConditionStatus.FALSE, exc.reason, exc.message),
+                ),
+            )
+        else:
+            result = module.reconcile(spec, self.host)
+        previous = self.last.get(key)
+        repaired = (
+            result.changed
+            and previous is not None
+            and previous.get("ready")
+            and previous.get("generation") == generation
+        )
+        if repaired:
+            self.metrics.repairs.labels(kind).inc()
+            log.warning("%s/%s on %s: drift repaired on resync: %s", kind, name, self.node, result.message)
+        elif result.changed:
+            log.info("%s/%s on %s: %s: %s", kind, name, self.node, result.phase, result.message)
+        outcome = (
+            "ok"
+            if result.ready
+            else ("invalid" if result.reason == "InvalidSpec" else "retry" if result.retry else "failed")
+        )
+        self.metrics.reconciles.labels(kind, outcome).inc()
+        self.last[key] = {
+            "phase": result.phase,
+            "ready": result.ready,
+            "reason": result.reason,
+            "generation": generation,
+            "at": time.time(),
+        }
+        self._update_ready_gauge()
+        block = result.status_block()
+        if generation is not None:
+            block["observedGeneration"] = generation
+        self.write_state(kind, name, parent, block)
+        return bool(result.retry)
+
+    def _teardown(self, module: types.ModuleType, key: Key, parent: dict[str, Any] | None, why: str) -> bool:
+        kind, name = key
+        if parent is None and not self.synced.is_set():
+            return False
+        entry = self.host.ledger.get(kind, name)
+        retry = False
+        block: dict[str, Any]
+        if entry is not None:
+            target: Any = entry
+            if parent is not None:
+                with contextlib.suppress(errors.InvalidSpec):
+                    target = module.parse(parent)
+            result = module.teardown(target, self.host)
+            phase = result.phase if result.phase in (DETACHED, DETACHING) else TEARDOWN_FAILED
+            retry = bool(result.retry) or phase != DETACHED
+            log.info(
+                "%s/%s on %s: %s (%s): %s: %s",
+                kind,
+                name,
+                self.node,
+                phase,
+                why,
+                result.reason,
+                result.message,
+            )
+            self.metrics.reconciles.labels(kind, "teardown" if phase == DETACHED else "teardown-failed").inc()
+            block = result.status_block()
+            block["phase"] = phase
+            if phase != DETACHED:
+                # Teardown keeps going: the InUse user may go away, the storage may come back.
+                retry = True
+        else:
+            block = {
+                "phase": DETACHED,
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": DETACHED,
+                        "message": f"nothing here ({why})",
+                    }
+                ],
+                module.DETAIL_KEY: {},
+            }
+        self.last.pop(key, None)
+        self._update_ready_gauge()
+        sns_name = naming.node_state_name(kind, name, self.node)
+        with self._lock:
+            current = self.states.get(sns_name)
+        if parent is None:
+            # The parent is gone: our record of it goes too (the controller sweeps it as well).
+            if current is not None and block["phase"] == DETACHED:
+                self._delete_state(sns_name, current)
+            return retry
+        if why == "not selected" and block["phase"] == DETACHED:
+            if current is not None:
+                self._delete_state(sns_name, current)
+            return retry
+        if current is None and entry is None:
+            return retry
+        generation = _meta(parent).get("generation")
+        if generation is not None:
+            block["observedGeneration"] = generation
+        self.write_state(kind, name, parent, block)
+        return retry
+
+    def _update_ready_gauge(self) -> None:
+        counts = dict.fromkeys(self.kinds, 0)
+        for (kind, _), last in list(self.last.items()):
+            if last.get("ready"):
+                counts[kind] = counts.get(kind, 0) + 1
+        for kind, n in counts.items():
+            self.metrics.connected.labels(kind).set(n)
+
+    # ------------------------------------------------------------------ StorageNodeState writes
+
+    def write_state(self, kind: str, name: str, parent: Mapping[str, Any], block: Mapping[str, Any]) -> bool:
+        """Make our StorageNodeState of ``parent`` carry ``block``; returns whether an API write happened."""
+        sns_name = naming.node_state_name(kind, name, self.node)
+        parent_uid = str(_meta(parent).get("uid") or "")
+        with self._lock:
+            current = copy.deepcopy(self.states.get(sns_name))
+            node_uid = str(_meta(self.node_obj).get("uid") or "")
+        if (
+            current is not None
+            and ((current.get("spec") or {}).get("parentRef") or {}).get("uid") != parent_uid
+        ):
+            # A parent of the same name was re-created: the old record is about another object.
+            self._delete_state(sns_name, current)
+            current = None
+        old_status = (current or {}).get("status") or {}
+        desired = dict(block)
+        desired["conditions"] = rollup.merge_conditions(
+            old_status.get("conditions") or [],
+            list(block.get("conditions") or []),
+            datetime.datetime.now(tz=datetime.UTC),
+        )
+        if current is not None and old_status == desired:
+            return False
+        if current is None:
+            body = naming.node_state_body(
+                kind=kind, parent_name=name, parent_uid=parent_uid, node=self.node, node_uid=node_uid
+            )
+            try:
+                current = self.api.create_node_state(body)
+                self.metrics.status_writes.labels("create").inc()
+            except kube.ApiError as exc:
+                if not exc.conflict:
+                    raise
+                # Exists but our cache missed it (watch lag): take it and go on.
+                found = [
+                    o
+                    for o in self.api.list_node_states(
+                        label_selector=f"{naming.LABEL_NODE}={naming.label_value(self.node)}"
+                    )
+                    if _meta(o).get("name") == sns_name
+                ]
+                if not found:
+                    raise
+                current = found[0]
+            if (current.get("status") or {}) == desired:
+                self._remember(sns_name, current)
+                return True
+        try:
+            obj = self.api.request(
+                "PATCH",
+                kube.custom_path("StorageNodeState", sns_name, "status"),
+                body=[{"op": "add", "path": "/status", "value": desired}],
+                content_type="application/json-patch+json",
+            )
+        except kube.ApiError as exc:
+            if exc.not_found:
+                with self._lock:
+                    self.states.pop(sns_name, None)
+            raise
+        self.metrics.status_writes.labels("status").inc()
+        self._remember(sns_name, obj)
+        return True
+
+    def _remember(self, sns_name: str, obj: Mapping[str, Any]) -> None:
+        with self._lock:
+            cached = self.states.get(sns_name)
+            if cached is None or kube.resource_version_newer(obj, cached):
+                self.states[sns_name] = copy.deepcopy(dict(obj))
+
+    def _delete_state(self, sns_name: str, current: Mapping[str, Any]) -> None:
+        uid = str(_meta(current).get("uid") or "") or None
+        self.api.delete_node_state(sns_name, uid=uid)
+        self.metrics.status_writes.labels("delete").inc()
+        with self._lock:
+            if self.states.get(sns_name) is current or (
+                sns_name in self.states and _meta(self.states[sns_name]).get("uid") == uid
+            ):
+                del self.states[sns_name]
+
+    # ------------------------------------------------------------------ probes, dumps
+
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"node": self.node}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        detail: dict[str, Any] = {
+            "node": self.node,
+            "initialRefreshDone": self.ready.is_set(),
+            "pending": len(self._initial),
+        }
+        if self.preflight is not None:
+            detail["unsupported"] = self.preflight.problems()
+        return self.ready.is_set(), detail
+
+    def dump(self) -> dict[str, Any]:
+        with self._lock:
+            parents = sorted(f"{k}/{n}" for k, n in self.parents)
+        return {
+            "node": self.node,
+            "ready": self.ready.is_set(),
+            "parents": parents,
+            "queue": self.queue.dump(),
+            "last": {f"{k}/{n}": v for (k, n), v in sorted(self.last.items())},
+            "ledger": [f"{e.kind}/{e.name}" for e in self.host.ledger.entries()],
+        }
+
+
+# ---------------------------------------------------------------------- process wiring
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--health-port",
+        dest="health_port",
+        type=int,
+        default=None,
+        help="port of /healthz and /readyz (env HOSTSTORAGE_HEALTH_PORT; default 8080; 0 off)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="port of /metrics (env HOSTSTORAGE_METRICS_PORT; default 9090; 0 off)",
+    )
+    parser.add_argument(
+        "--resync-seconds",
+        dest="resync_seconds",
+        type=float,
+        default=None,
+        help="re-reconcile every object this often, jittered (default 60)",
+    )
+    parser.add_argument(
+        "--workers", dest="workers", type=int, default=None, help="objects reconciled at once (default 4)"
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        dest="shutdown_timeout",
+        type=float,
+        default=None,
+        help="seconds in-flight work may take after SIGTERM (default 20)",
+    )
+    parser.add_argument(
+        "--profile-dir",
+        dest="profile_dir",
+        default=None,
+        help="write CPU and memory profiles here on exit and SIGUSR1 (default off)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        dest="kubeconfig",
+        default=None,
+        help="kubeconfig file (env KUBECONFIG; default in-cluster, else ~/.kube/config)",
+    )
+    parser.add_argument(
+        "--node-name",
+        dest="node_name",
+        default=None,
+        help="the Node this agent serves (env NODE_NAME; required)",
+    )
+
+
+class Profiler:
+    """CPU (cProfile) and memory (tracemalloc) profiling on demand, off unless a directory is given."""
+
+    def __init__(self, directory: str, name: str) -> None:
+        self.directory = directory
+        self.name = name
+        self.cpu: cProfile.Profile | None = None
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+            tracemalloc.start(10)
+            self.cpu = cProfile.Profile()
+            self.cpu.enable()
+
+    def write(self) -> None:
+        if self.cpu is None:
+            return
+        base = os.path.join(self.directory, f"{self.name}-{os.getpid()}")
+        self.cpu.dump_stats(base + ".prof")
+        top = tracemalloc.take_snapshot().statistics("lineno")[:50]
+        with open(base + ".mem.txt", "w", encoding="utf-8") as f:
+            f.writelines(f"{stat}\n" for stat in top)
+        log.warning("profiles written to %s.prof and %s.mem.txt", base, base)
+
+
+def _register_handlers(registry: kopf.OperatorRegistry, agent: Agent) -> None:
+    for kind in agent.kinds:
+
+        def parent_event(event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
+            agent.on_parent(kind, event.get("type"), event.get("object") or {})
+
+        kopf.on.event(
+            naming.GROUP, naming.VERSION, naming.PLURALS[kind], registry=registry, id=f"parent-{kind}"
+        )(parent_event)
+
+    def node_event(event: Mapping[str, Any], **_: Any) -> None:
+        agent.on_node(event.get("type"), event.get("object") or {})
+
+    def state_event(event: Mapping[str, Any], **_: Any) -> None:
+        agent.on_state(event.get("type"), event.get("object") or {})
+
+    kopf.on.event("", "v1", "nodes", registry=registry, id="node")(node_event)
+    kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
+        state_event
+    )
+
+
+def build_host(conf: settings.Settings) -> host_mod.Host:
+    return host_mod.Host.for_config(conf.host_config(), node_name=conf.node_name)
+
+
+def clean_stale(host: host_mod.Host) -> list[str]:
+    """Remove empty directories and dangling links under the mount base that no ledger entry owns.
+
+    Leftovers of a previous run that died between mkdir and mount, or of connections deleted while the
+    agent was down; never touches anything mounted or owned (rmdir fails on a non-empty dir).
+    """
+    base = host.config.mount_base
+    removed: list[str] = []
+    if not os.path.isdir(base):
+        return removed
+    mounted = set()
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 4:
+                mounted.add(parts[4].encode().decode("unicode_escape"))
+    for dirpath, dirnames, filenames in os.walk(base, topdown=False):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            if path in mounted or host.ledger.owns_mount(path):
+                continue
+            try:
+                if os.path.islink(path):
+                    if not os.path.exists(path):
+                        os.unlink(path)
+                        removed.append(path)
+                elif os.path.isdir(path):
+                    os.rmdir(path)
+                    removed.append(path)
+            except OSError:
+                continue
+    for path in removed:
+        log.info("removed stale leftover %s", path)
+    return removed
+
+
+def run(args: argparse.Namespace, conf: settings.Settings) -> int:
+    """The ``agent`` subcommand."""
+    if not conf.node_name:
+        raise StartupError(
+            "NODE_NAME is not set: the agent must know which Node it serves "
+            "(env NODE_NAME from the downward API, or --node-name)"
+        )
+    profiler = Profiler(conf.profile_dir, "agent")
+    try:
+        configuration = kube.load_configuration(conf.kubeconfig or None)
+    except Exception as exc:
+        raise StartupError(f"no Kubernetes API configuration (KUBECONFIG or in-cluster): {exc}") from None
+    api = kube.Api(configuration, user_agent=f"{COMPONENT}/{conf.node_name}")
+    os.makedirs(conf.effective_mount_base, mode=0o755, exist_ok=True)
+    with ledger.host_lock(conf.state_dir, timeout=conf.lock_timeout):
+        host = build_host(conf)
+        clean_stale(host)
+        agent = Agent(conf, api, host)
+        agent.preflight = preflight.check(host.config)
+        for problem in agent.preflight.problems():
+            log.warning("node %s: preflight: %s", conf.node_name, problem)
+        try:
+            return asyncio.run(_serve(agent, conf, profiler))
+        finally:
+            profiler.write()
+            api.close()
+
+
+async def _serve(agent: Agent, conf: settings.Settings, profiler: Profiler) -> int:
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        log.warning("state dump: %s", json.dumps(agent.dump(), default=str))
+        profiler.write()
+
+    loop.add_signal_handler(signal.SIGUSR1, dump)
+    registry = kopf.OperatorRegistry()
+    _register_handlers(registry, agent)
+    kopf.on.login(registry=registry)(kube.login_handler(conf.kubeconfig or None))
+    opsettings = kube.operator_settings(COMPONENT, conf.node_name)
+    opsettings.watching.field_selectors["nodes"] = f"metadata.name={conf.node_name}"
+    opsettings.watching.label_selectors["storagenodestates"] = (
+        f"{naming.LABEL_NODE}={naming.label_value(conf.node_name)}"
+    )
+    probes = (
+        health.HealthServer(
+            conf.health_port, alive=agent.alive, ready=agent.readiness, metrics=agent.metrics.render
+        )
+        if conf.health_port
+        else None
+    )
+    metrics_server = agent.metrics.serve(conf.metrics_port)
+    refresh = threading.Thread(target=agent.initial_refresh, name="initial-refresh", daemon=True)
+    refresh.start()
+    threading.Thread(target=_report_preflight, args=(agent,), name="preflight-event", daemon=True).start()
+    if probes is not None:
+        probes.start()
+    log.warning(
+        "agent for node %s started (state %s, mounts %s)",
+        conf.node_name,
+        conf.state_dir,
+        conf.effective_mount_base,
+    )
+    try:
+        await kopf.operator(registry=registry, settings=opsettings, standalone=True, clusterwide=True)
+    finally:
+        log.warning(
+            "agent for node %s stopping: finishing in-flight work (at most %.0f s); mounts stay",
+            conf.node_name,
+            conf.shutdown_timeout,
+        )
+        agent.stopping.set()
+        finished = await asyncio.to_thread(agent.queue.shutdown, conf.shutdown_timeout)
+        if not finished:
+            log.warning(
+                "agent for node %s: in-flight work did not finish in time: %s",
+                conf.node_name,
+                agent.queue.in_flight(),
+            )
+        if probes is not None:
+            probes.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    return 0
+
+
+def _report_preflight(agent: Agent) -> None:
+    """Post the preflight result as an Event on our Node once the Node is known."""
+    if agent.preflight is None:
+        return
+    agent.synced.wait()
+    with agent._lock:
+        node = copy.deepcopy(agent.node_obj)
+    if node is None or agent.stopping.is_set():
+        return
+    problems = agent.preflight.problems()
+    supported = sorted(t for t, s in agent.preflight.types.items() if s.supported)
+    message = f"supported connection types: {', '.join(supported) or 'none'}"
+    if problems:
+        message += "; " + "; ".join(problems)
+    agent.api.post_event(
+        involved={"apiVersion": "v1", "kind": "Node", "name": agent.node, "uid": str(_meta(node).get("uid"))},
+        event_type="Warning" if problems else "Normal",
+        reason="HostPreflight",
+        message=message,
+        component=COMPONENT,
+        host=agent.node,
+        namespace=agent.conf.event_namespace,
+    )

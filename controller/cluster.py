@@ -1,0 +1,502 @@
+"""``hoststorage controller``: the one cluster-wide writer of parent status and the teardown finalizer.
+
+Agents each write only their own StorageNodeStates; this process rolls them up (the rules are the pure
+functions of :mod:`controller.rollup`), keeps the ``hoststorage.io/teardown`` finalizer on every parent,
+releases it once every child is Detached or its node is gone, and sweeps children of deleted nodes and
+deleted parents. With more than one replica, only the holder of a coordination.k8s.io Lease acts.
+
+Like the agent: kopf event handlers feed caches and enqueue keys; blocking API writes run in work-queue
+threads; nothing is written when nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import datetime
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import types
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from controller import health, kube, local, metrics, naming, rollup, settings, workqueue
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (kube.StartupError,)
+"""Errors the CLI reports as one line and exit code 2."""
+
+COMPONENT = "hoststorage-controller"
+NODE_KIND = "Node"
+RECHECK_SECONDS = 15.0
+"""While a deletion waits for a NotReady node's grace period, look again this often."""
+
+Key = tuple[str, str]
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("metadata") or {}
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(tz=datetime.UTC)
+
+
+class Controller:
+    def __init__(
+        self,
+        conf: settings.Settings,
+        api: kube.Api,
+        *,
+        kinds: Iterable[types.ModuleType] | None = None,
+        stats: metrics.Metrics | None = None,
+        identity: str = "",
+    ) -> None:
+        self.conf = conf
+        self.api = api
+        self.kinds = {m.KIND: m for m in (local.KINDS if kinds is None else kinds)}
+        self.metrics = stats or metrics.Metrics("controller")
+        self.identity = identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+        self._lock = threading.Lock()
+        self.parents: dict[Key, dict[str, Any]] = {}
+        self.states: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}
+        self.synced = threading.Event()
+        self.leader = threading.Event()
+        self.stopping = threading.Event()
+        if not conf.leader_election:
+            self.leader.set()
+        self.queue = workqueue.WorkQueue(
+            self.process, workers=conf.workers, name="controller", backoff_base=1.0, backoff_max=30.0
+        )
+        self.metrics.watch_queue(self.queue.depth)
+
+    # ------------------------------------------------------------------ events
+
+    def on_parent(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        name = _meta(obj).get("name")
+        if kind not in self.kinds or not isinstance(name, str):
+            return
+        body = copy.deepcopy(dict(obj))
+        body.setdefault("kind", kind)
+        with self._lock:
+            if event_type == "DELETED":
+                if kube.resource_version_newer(body, self.parents.get((kind, name))):
+                    self.parents.pop((kind, name), None)
+            elif kube.resource_version_newer(body, self.parents.get((kind, name))):
+                self.parents[(kind, name)] = body
+        self._enqueue((kind, name))
+
+    def on_state(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        name = _meta(obj).get("name")
+        if not isinstance(name, str):
+            return
+        with self._lock:
+            if event_type == "DELETED":
+                self.states.pop(name, None)
+            elif kube.resource_version_newer(obj, self.states.get(name)):
+                self.states[name] = copy.deepcopy(dict(obj))
+        ref = (obj.get("spec") or {}).get("parentRef") or {}
+        if ref.get("kind") in self.kinds and isinstance(ref.get("name"), str):
+            self._enqueue((ref["kind"], ref["name"]))
+
+    def on_node(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        name = _meta(obj).get("name")
+        if not isinstance(name, str):
+            return
+        with self._lock:
+            old = self.nodes.get(name)
+            if event_type == "DELETED":
+                self.nodes.pop(name, None)
+            elif kube.resource_version_newer(obj, old):
+                self.nodes[name] = copy.deepcopy(dict(obj))
+            new = self.nodes.get(name)
+        if event_type == "DELETED":
+            self._enqueue((NODE_KIND, name))
+        before = rollup.NodeInfo.from_node(old) if old else None
+        after = rollup.NodeInfo.from_node(new) if new else None
+        if (before is None) != (after is None) or (
+            before and after and (before.labels != after.labels or before.ready != after.ready)
+        ):
+            self.enqueue_parents()
+
+    def _enqueue(self, key: Key) -> None:
+        if self.synced.is_set() and self.leader.is_set():
+            self.queue.add(key)
+
+    def enqueue_parents(self) -> None:
+        with self._lock:
+            keys = sorted(self.parents)
+        for key in keys:
+            self._enqueue(key)
+
+    def initial_refresh(self) -> None:
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                for node in self.api.list_nodes():
+                    self.on_node("ADDED", node)
+                for obj in self.api.list_node_states():
+                    self.on_state("ADDED", obj)
+                for kind in self.kinds:
+                    for obj in self.api.list_parents(kind):
+                        self.on_parent(kind, "ADDED", obj)
+                break
+            except kube.ApiError as exc:
+                log.warning("controller: initial listing failed (%s); retrying in %.0f s", exc, delay)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 30.0)
+        self.synced.set()
+        self.enqueue_everything()
+
+    def enqueue_everything(self) -> None:
+        self.enqueue_parents()
+        with self._lock:
+            keys = {
+                (
+                    str(((s.get("spec") or {}).get("parentRef") or {}).get("kind")),
+                    str(((s.get("spec") or {}).get("parentRef") or {}).get("name")),
+                )
+                for s in self.states.values()
+            }
+            node_keys = {
+                (NODE_KIND, str((s.get("spec") or {}).get("nodeName"))) for s in self.states.values()
+            }
+        for key in sorted(keys | node_keys):
+            if key[0] in self.kinds or key[0] == NODE_KIND:
+                self._enqueue(key)
+
+    # ------------------------------------------------------------------ work
+
+    def process(self, key: Key) -> bool:
+        if not self.leader.is_set():
+            return False
+        start = time.monotonic()
+        try:
+            if key[0] == NODE_KIND:
+                self._sweep_node(key[1])
+                return False
+            return self._process_parent(key)
+        except kube.ApiError as exc:
+            log.warning("controller: %s/%s: API call failed: %s", key[0], key[1], exc)
+            self.metrics.reconciles.labels(key[0], "error").inc()
+            return True
+        finally:
+            self.metrics.duration.labels(key[0]).observe(time.monotonic() - start)
+
+    def _children(self, kind: str, name: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                copy.deepcopy(s)
+                for s in self.states.values()
+                if ((s.get("spec") or {}).get("parentRef") or {}).get("kind") == kind
+                and ((s.get("spec") or {}).get("parentRef") or {}).get("name") == name
+            ]
+
+    def _node_infos(self) -> dict[str, rollup.NodeInfo]:
+        with self._lock:
+            return {name: rollup.NodeInfo.from_node(n) for name, n in self.nodes.items()}
+
+    def _delete_children(self, children: Iterable[Mapping[str, Any]], why: str) -> None:
+        for child in children:
+            name = str(_meta(child).get("name"))
+            if self.api.delete_node_state(name, uid=str(_meta(child).get("uid") or "") or None):
+                self.metrics.status_writes.labels("delete").inc()
+                log.info("controller: deleted StorageNodeState %s (%s)", name, why)
+
+    def _sweep_node(self, node: str) -> None:
+        with self._lock:
+            if node in self.nodes:
+                return
+            children = [
+                copy.deepcopy(s)
+                for s in self.states.values()
+                if (s.get("spec") or {}).get("nodeName") == node
+            ]
+        self._delete_children(children, f"node {node} deleted")
+
+    def _process_parent(self, key: Key) -> bool:
+        kind, name = key
+        with self._lock:
+            parent = copy.deepcopy(self.parents.get(key))
+        children = self._children(kind, name)
+        if parent is None:
+            self._delete_children(children, f"{kind}/{name} deleted")
+            return False
+        mine = rollup.children_of(parent, children)
+        stale = [c for c in children if c not in mine]
+        if stale:
+            self._delete_children(stale, f"{kind}/{name} was re-created")
+        nodes = self._node_infos()
+        now = _now()
+        meta = _meta(parent)
+        finalizers = list(meta.get("finalizers") or [])
+        new_status = rollup.rollup(parent, mine, nodes, old_status=parent.get("status"), now=now)
+        if rollup.status_changed(parent.get("status"), new_status):
+            parent = self.api.patch_parent_status(kind, name, new_status)
+            self.metrics.status_writes.labels("status").inc()
+            self._cache_parent(kind, parent)
+            ready: dict[str, Any] = next((c for c in new_status["conditions"] if c["type"] == "Ready"), {})
+            log.info(
+                "controller: %s/%s: %s ready (%s)", kind, name, new_status["readyNodes"], ready.get("reason")
+            )
+        self.metrics.reconciles.labels(kind, "ok").inc()
+        if not meta.get("deletionTimestamp"):
+            if naming.FINALIZER not in finalizers:
+                updated = self.api.set_parent_finalizers(
+                    kind, name, [*finalizers, naming.FINALIZER], str(_meta(parent).get("resourceVersion"))
+                )
+                self.metrics.status_writes.labels("finalizer").inc()
+                self._cache_parent(kind, updated)
+            return False
+        if naming.FINALIZER not in finalizers:
+            return False
+        grace = datetime.timedelta(seconds=self.conf.node_gone_grace)
+        release, skipped = rollup.finalizer_decision(mine, nodes, now=now, grace=grace)
+        if not release:
+            self.queue.add(key, delay=RECHECK_SECONDS)
+            return False
+        remaining = [f for f in finalizers if f != naming.FINALIZER]
+        self.api.set_parent_finalizers(kind, name, remaining, str(_meta(parent).get("resourceVersion")))
+        self.metrics.status_writes.labels("finalizer").inc()
+        involved = {"apiVersion": naming.API_VERSION, "kind": kind, "name": name, "uid": str(meta.get("uid"))}
+        if skipped:
+            message = (
+                f"teardown finalizer released; nodes gone (deleted or NotReady for more than "
+                f"{self.conf.node_gone_grace:.0f} s) were skipped: {', '.join(skipped)}"
+            )
+            log.warning("controller: %s/%s: %s", kind, name, message)
+            self.api.post_event(
+                involved=involved,
+                event_type="Warning",
+                reason="NodesSkipped",
+                message=message,
+                component=COMPONENT,
+                namespace=self.conf.event_namespace,
+            )
+        else:
+            log.info("controller: %s/%s: every node detached; teardown finalizer released", kind, name)
+        return False
+
+    def _cache_parent(self, kind: str, obj: Mapping[str, Any]) -> None:
+        name = _meta(obj).get("name")
+        if not isinstance(name, str):
+            return
+        body = copy.deepcopy(dict(obj))
+        body.setdefault("kind", kind)
+        with self._lock:
+            if kube.resource_version_newer(body, self.parents.get((kind, name))):
+                self.parents[(kind, name)] = body
+
+    # ------------------------------------------------------------------ leader election
+
+    def lead(self) -> None:
+        """Hold the Lease while running; only the holder acts (``leader`` event)."""
+        ns, lease_name = self.conf.event_namespace, self.conf.lease_name
+        duration = self.conf.lease_seconds
+        while not self.stopping.is_set():
+            try:
+                held = self._try_lease(ns, lease_name, duration)
+            except kube.ApiError as exc:
+                log.warning("controller %s: lease %s/%s: %s", self.identity, ns, lease_name, exc)
+                held = False
+            if held and not self.leader.is_set():
+                log.warning("controller %s: became leader (lease %s/%s)", self.identity, ns, lease_name)
+                self.leader.set()
+                self.enqueue_everything()
+            elif not held and self.leader.is_set():
+                log.warning("controller %s: lost the lease %s/%s; standing by", self.identity, ns, lease_name)
+                self.leader.clear()
+            self.stopping.wait(duration / 3 if held else duration / 2)
+
+    def _try_lease(self, ns: str, name: str, duration: float) -> bool:
+        now = _now()
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        lease = self.api.get_lease(ns, name)
+        spec = {"holderIdentity": self.identity, "leaseDurationSeconds": int(duration), "renewTime": stamp}
+        if lease is None:
+            self.api.create_lease(
+                ns,
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": name, "namespace": ns},
+                    "spec": {**spec, "acquireTime": stamp, "leaseTransitions": 0},
+                },
+            )
+            return True
+        current = lease.get("spec") or {}
+        holder = current.get("holderIdentity")
+        renewed = rollup.parse_time(current.get("renewTime"))
+        expired = renewed is None or (now - renewed).total_seconds() > float(
+            current.get("leaseDurationSeconds") or duration
+        )
+        if holder not in (None, "", self.identity) and not expired:
+            return False
+        new_spec = {**current, **spec}
+        if holder != self.identity:
+            new_spec["acquireTime"] = stamp
+            new_spec["leaseTransitions"] = int(current.get("leaseTransitions") or 0) + 1
+        body = {**lease, "spec": new_spec}
+        try:
+            self.api.replace_lease(ns, name, body)
+        except kube.ApiError as exc:
+            if exc.conflict:
+                return False
+            raise
+        return True
+
+    def release_lease(self) -> None:
+        if not self.conf.leader_election or not self.leader.is_set():
+            return
+        try:
+            lease = self.api.get_lease(self.conf.event_namespace, self.conf.lease_name)
+            if lease and (lease.get("spec") or {}).get("holderIdentity") == self.identity:
+                spec = {**(lease.get("spec") or {}), "holderIdentity": None}
+                self.api.replace_lease(
+                    self.conf.event_namespace, self.conf.lease_name, {**lease, "spec": spec}
+                )
+        except kube.ApiError as exc:
+            log.warning("controller %s: could not release the lease: %s", self.identity, exc)
+
+    # ------------------------------------------------------------------ probes
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.synced.is_set(), {"leader": self.leader.is_set(), "identity": self.identity}
+
+    def dump(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "identity": self.identity,
+                "leader": self.leader.is_set(),
+                "parents": sorted(f"{k}/{n}" for k, n in self.parents),
+                "states": len(self.states),
+                "nodes": sorted(self.nodes),
+                "queue": self.queue.dump(),
+            }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--health-port",
+        dest="health_port",
+        type=int,
+        default=None,
+        help="port of /healthz and /readyz (default 8080; 0 off)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="port of /metrics (default 9090; 0 off)",
+    )
+    parser.add_argument(
+        "--workers", dest="workers", type=int, default=None, help="parallel roll-ups (default 4)"
+    )
+    parser.add_argument(
+        "--node-gone-grace",
+        dest="node_gone_grace",
+        type=float,
+        default=None,
+        help="seconds a NotReady node may block a teardown finalizer (default 300)",
+    )
+    parser.add_argument(
+        "--leader-election",
+        dest="leader_election",
+        action="store_const",
+        const=True,
+        default=None,
+        help="act only while holding the Lease (more than one replica)",
+    )
+    parser.add_argument(
+        "--lease-name",
+        dest="lease_name",
+        default=None,
+        help="leader-election Lease name (default hoststorage-controller)",
+    )
+    parser.add_argument(
+        "--kubeconfig",
+        dest="kubeconfig",
+        default=None,
+        help="kubeconfig file (env KUBECONFIG; default in-cluster, else ~/.kube/config)",
+    )
+
+
+def run(args: argparse.Namespace, conf: settings.Settings) -> int:
+    """The ``controller`` subcommand."""
+    try:
+        configuration = kube.load_configuration(conf.kubeconfig or None)
+    except Exception as exc:
+        raise kube.StartupError(
+            f"no Kubernetes API configuration (KUBECONFIG or in-cluster): {exc}"
+        ) from None
+    api = kube.Api(configuration, user_agent=COMPONENT)
+    identity = os.environ.get("POD_NAME") or ""
+    ctl = Controller(conf, api, identity=identity)
+    try:
+        return asyncio.run(_serve(ctl, conf))
+    finally:
+        api.close()
+
+
+async def _serve(ctl: Controller, conf: settings.Settings) -> int:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("state dump: %s", json.dumps(ctl.dump())))
+    registry = kopf.OperatorRegistry()
+    for kind in ctl.kinds:
+
+        def parent_event(event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
+            ctl.on_parent(kind, event.get("type"), event.get("object") or {})
+
+        kopf.on.event(
+            naming.GROUP, naming.VERSION, naming.PLURALS[kind], registry=registry, id=f"parent-{kind}"
+        )(parent_event)
+
+    def node_event(event: Mapping[str, Any], **_: Any) -> None:
+        ctl.on_node(event.get("type"), event.get("object") or {})
+
+    def state_event(event: Mapping[str, Any], **_: Any) -> None:
+        ctl.on_state(event.get("type"), event.get("object") or {})
+
+    kopf.on.event("", "v1", "nodes", registry=registry, id="nodes")(node_event)
+    kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
+        state_event
+    )
+    kopf.on.login(registry=registry)(kube.login_handler(conf.kubeconfig or None))
+    opsettings = kube.operator_settings(COMPONENT, ctl.identity)
+    probes = (
+        health.HealthServer(
+            conf.health_port, alive=lambda: (True, {}), ready=ctl.readiness, metrics=ctl.metrics.render
+        )
+        if conf.health_port
+        else None
+    )
+    metrics_server = ctl.metrics.serve(conf.metrics_port)
+    if conf.leader_election:
+        threading.Thread(target=ctl.lead, name="lease", daemon=True).start()
+    threading.Thread(target=ctl.initial_refresh, name="initial-refresh", daemon=True).start()
+    if probes is not None:
+        probes.start()
+    log.warning("controller %s started", ctl.identity)
+    try:
+        await kopf.operator(registry=registry, settings=opsettings, standalone=True, clusterwide=True)
+    finally:
+        ctl.stopping.set()
+        await asyncio.to_thread(ctl.queue.shutdown, conf.shutdown_timeout)
+        await asyncio.to_thread(ctl.release_lease)
+        if probes is not None:
+            probes.stop()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+    return 0
