@@ -722,9 +722,11 @@ class PoolLayer:
         return self._call(f"look up secret {usage}", run, failure=SecretFailed)
 
     def set_secret(self, usage: str, description: str, value: bytes) -> bool:
-        """Define the iscsi secret ``usage`` if needed and set its value; returns whether anything changed.
+        """Define the iscsi secret ``usage`` if needed and set its value; returns whether it was new.
 
-        The value is never logged; this process remembers only a keyed fingerprint to skip rewrites.
+        The value is never logged; this process remembers only a keyed fingerprint to skip rewrites. A
+        private secret cannot be read back, so a new process writes the value once more: that rewrite
+        of a possibly equal value is not reported as a change.
         """
         fingerprint = hashlib.blake2b(value, key=self._secret_key, digest_size=16).digest()
         existing = self.secret_uuid(usage)
@@ -739,7 +741,7 @@ class PoolLayer:
         self._call(f"set secret {usage}", run, failure=SecretFailed)
         self._secret_prints[usage] = fingerprint
         log.info("libvirt: secret %s set (value not logged)", usage)
-        return True
+        return existing is None
 
     def undefine_secret(self, usage: str) -> bool:
         def run(conn: Any) -> bool:

@@ -754,6 +754,10 @@ def reconcile(spec: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
                 layer.refresh(name)
             # A refresh keeps the pool as it is; everything else is a change worth reporting.
             changed |= action.verb != "refresh"
+        old_usage = entry.resource.get("secretUsage") if entry is not None else None
+        if isinstance(old_usage, str) and old_usage and old_usage != desired.definition.auth_secret_usage:
+            # CHAP dropped from the spec (or the pool renamed): the old secret is ours and unused now.
+            changed |= layer.undefine_secret(old_usage)
         # Nothing done: what we observed is still the truth (a resync of a converged pool costs one observe).
         after = layer.observe(name) if planned or changed else observed
         _record(spec, host, desired, after.uuid if after else None)

@@ -251,7 +251,7 @@ def test_secret_value_set_once_and_undefined(layer: libvirt_pools.PoolLayer) -> 
         assert uuid is not None and uuid in fixtures_libvirt.virsh("secret-list")
         # private: virsh cannot read the value back
         assert "s3cret" not in fixtures_libvirt.virsh("secret-get-value", uuid, check=False)
-        assert layer.set_secret(usage, "test", b"new-value")
+        assert not layer.set_secret(usage, "test", b"new-value"), "a rewrite is not a new secret"
     finally:
         assert layer.undefine_secret(usage)
     assert layer.secret_uuid(usage) is None
