@@ -143,3 +143,42 @@ def test_invalid_pool_is_reported_and_libvirt_untouched(cli: Cli, tmp_path: path
     ]
     assert fixtures_libvirt.virsh("pool-list", "--all", "--name") == before
     assert not os.path.exists("/etc/hoststorage-test")
+
+
+def test_iscsi_direct_chap_from_a_secret_in_the_same_file(
+    cli: Cli, tmp_path: pathlib.Path, tgt_target: Any
+) -> None:
+    t = tgt_target(chap=True)
+    name = f"chap-{secrets.token_hex(3)}"
+    manifest = write(
+        tmp_path,
+        [
+            pool(
+                name,
+                {
+                    "iscsiDirect": {
+                        "host": "127.0.0.1",
+                        "target": t.iqn,
+                        "initiator": t.initiator,
+                        "chapSecretRef": {"name": "chap"},
+                    }
+                },
+            ),
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "chap", "namespace": "default"},
+                "stringData": {"username": t.username, "password": t.password},
+            },
+        ],
+    )
+    proc = cli("apply", "-f", manifest, "-o", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert t.password not in proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)[0]["pool"]["state"] == "running"
+    again = cli("apply", "-f", manifest)
+    assert again.returncode == 0 and "no change" in again.stdout + again.stderr
+    gone = cli("delete", "-f", manifest)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert name not in fixtures_libvirt.virsh("pool-list", "--all", "--name").split()
+    assert f"hoststorage-pool-{name}" not in fixtures_libvirt.virsh("secret-list")
