@@ -677,7 +677,7 @@ def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = Fals
         host.ledger.put(_entry(spec, target, preexisting=preexisting))  # written ahead of the change
         if plan:
             changed = bool(conn.connect()) or changed
-        observed = conn.observe()
+            observed = conn.observe()  # verify: the host must now show it connected
     except errors.HostStorageError as exc:
         if entry is None:
             _forget_if_nothing_made(spec.name, conn, host)

@@ -271,7 +271,7 @@ def test_second_reconcile_changes_nothing(host: host_mod.Host, world: FakeWorld)
     world.calls.clear()
     result = sc.reconcile(spec, host)
     assert result.ready and not result.changed and not result.actions
-    assert [c[0] for c in world.calls] == ["observe", "observe"]
+    assert [c[0] for c in world.calls] == ["observe"]
     assert pathlib.Path(host.ledger.path).stat().st_mtime_ns == before
 
 
