@@ -109,8 +109,8 @@ def measure(b: Bench, kind: str, n: int, repeat: int) -> dict[str, list[float]]:
         t, proc = b.cli(state, "apply", "-f", str(manifest))
         assert proc.returncode == 0 and "no change" in proc.stdout, proc.stdout
         out["noop"].append(t)
-        conf = settings.Settings.build(None, {"HOSTSTORAGE_STATE_DIR": state,
-                                              "HOSTSTORAGE_ALLOWED_HOST_PATHS": str(b.work / "dirs")})  # fmt: skip
+        env = {"HOSTSTORAGE_STATE_DIR": state, "HOSTSTORAGE_ALLOWED_HOST_PATHS": str(b.work / "dirs")}
+        conf = settings.Settings.build(None, env)
         parsed = local.load_documents([str(manifest)])
         start = time.perf_counter()
         outcome = local.apply(parsed, conf)
@@ -147,7 +147,7 @@ def main() -> int:
                 print(f"{f'apply {n:3d} new {kind}':48s}{fmt(res['apply'])}   per object "
                       f"{statistics.median(res['apply']) / n * 1000:.1f} ms")  # fmt: skip
                 print(f"{f'apply {n:3d} {kind}, converged (no-op)':48s}{fmt(res['noop'])}")
-                print(f"{f'  same no-op in-process (reconcile only)':48s}{fmt(res['noop_inproc'])}")
+                print(f"{'  same no-op in-process (reconcile only)':48s}{fmt(res['noop_inproc'])}")
                 print(f"{f'delete {n:3d} {kind}':48s}{fmt(res['delete'])}")
     return 0
 
