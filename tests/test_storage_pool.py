@@ -25,7 +25,7 @@ from typing import Any
 import fixtures_libvirt
 import pytest
 
-from hostlib import config, errors, libvirt_pools, mounts
+from hostlib import config, errors, ledger, libvirt_pools, mounts
 from reconcilers import host as host_mod
 from reconcilers import storage_connection, storage_pool
 
@@ -584,6 +584,48 @@ def test_connection_ref_on_a_posixfs_connection(host: host_mod.Host, loop_device
     assert busy.reason == "InUse", busy.message
     assert storage_pool.teardown(pool_spec, host).phase == "Detached"
     assert storage_connection.teardown(conn_spec, host).phase == "Detached"
+
+
+@pytest.mark.host
+def test_a_pool_used_by_a_monitor_is_in_use_and_resolve_follows_its_state(host: host_mod.Host) -> None:
+    target = os.path.join(host.config.allowed_host_paths[0], "used")
+    spec, res = apply(host, {"dir": {"path": target}})
+    assert res.ready and storage_pool.resolve(host, spec.name) == target
+    host.ledger.put(ledger.LedgerEntry("DomainMonitor", "m1", depends_on=(("StoragePool", spec.name),)))
+    busy = storage_pool.teardown(spec, host)
+    assert (busy.reason, busy.ready, busy.retry) == (
+        "InUse",
+        False,
+        True,
+    ) and "DomainMonitor/m1" in busy.message
+    assert spec.libvirt_name in libvirt_state()[0]
+    fixtures_libvirt.virsh("pool-destroy", spec.libvirt_name)
+    assert storage_pool.resolve(host, spec.name) is None, "a stopped pool has no path to monitor"
+    assert storage_pool.resolve(host, "no-such-pool") is None
+    host.ledger.remove("DomainMonitor", "m1")
+    assert storage_pool.teardown(spec, host).phase == "Detached"
+
+
+@pytest.mark.host
+def test_subscribe_maps_libvirt_events_to_storage_pool_names(host: host_mod.Host) -> None:
+    name = _uniq()
+    target = os.path.join(host.config.allowed_host_paths[0], "sub")
+    _, res = apply(host, {"dir": {"path": target}, "libvirtName": f"lv-{name}"}, name)
+    assert res.ready
+    keys: queue.Queue[str] = queue.Queue()
+    unsubscribe = storage_pool.subscribe(host, keys.put, lambda: ["a", "b"])
+    try:
+        fixtures_libvirt.virsh("pool-destroy", f"lv-{name}")
+        assert keys.get(timeout=5) == name
+        assert storage_pool.names_for_libvirt_pool(host, "not-ours") == ["not-ours"]
+    finally:
+        unsubscribe()
+    time.sleep(0.2)
+    while not keys.empty():
+        assert keys.get_nowait() == name
+    fixtures_libvirt.virsh("pool-start", f"lv-{name}")
+    time.sleep(0.3)
+    assert keys.empty(), "an event arrived after unsubscribe"
 
 
 # ------------------------------------------------------------------------ events and libvirtd restarts
