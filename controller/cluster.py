@@ -71,6 +71,7 @@ class Controller:
         self.parents: dict[Key, dict[str, Any]] = {}
         self.states: dict[str, dict[str, Any]] = {}
         self.nodes: dict[str, dict[str, Any]] = {}
+        self._blocking: dict[Key, set[str]] = {}
         self.synced = threading.Event()
         self.leader = threading.Event()
         self.stopping = threading.Event()
@@ -264,8 +265,17 @@ class Controller:
         grace = datetime.timedelta(seconds=self.conf.node_gone_grace)
         release, skipped = rollup.finalizer_decision(mine, nodes, now=now, grace=grace)
         if not release:
+            # Remember who blocks: when a node is deleted its children go with it (ownerReference), and
+            # the Event must still name it.
+            self._blocking[key] = {
+                str((c.get("spec") or {}).get("nodeName"))
+                for c in mine
+                if ((c.get("status") or {}).get("phase")) not in rollup.DETACHED_PHASES
+            }
             self.queue.add(key, delay=RECHECK_SECONDS)
             return False
+        vanished = {n for n in self._blocking.pop(key, set()) if n not in nodes}
+        skipped = sorted(set(skipped) | vanished)
         remaining = [f for f in finalizers if f != naming.FINALIZER]
         self.api.set_parent_finalizers(kind, name, remaining, str(_meta(parent).get("resourceVersion")))
         self.metrics.status_writes.labels("finalizer").inc()

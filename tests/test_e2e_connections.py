@@ -1,12 +1,19 @@
-"""StorageConnection end to end: kubectl -> API -> agents (real mounts) -> StorageNodeStates -> controller."""
+"""StorageConnection end to end: kubectl -> API -> three real agents (real mounts) -> StorageNodeStates ->
+the controller's roll-up and teardown finalizer. The issue's scenario list, one test each."""
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import secrets
+import signal
+import subprocess
+import time
 from typing import Any
 
 import pytest
-from fixtures_kube import Cluster
+from fixtures_kube import Cluster, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.host]
 
@@ -30,26 +37,87 @@ def localfs(cluster: Cluster, name: str, **extra: Any) -> dict[str, Any]:
     return sconn(name, {"type": "localfs", "localfs": {"path": str(path)}, **extra})
 
 
-def wait_ready(cluster: Cluster, name: str, timeout: float = 60) -> None:
+def posixfs(name: str, device: str, **extra: Any) -> dict[str, Any]:
+    return sconn(name, {"type": "posixfs", "posixfs": {"source": device, "vfsType": "ext4"}, **extra})
+
+
+def debug(cluster: Cluster) -> None:
+    print(cluster.dump_logs())
+    print(cluster.kubectl("get", "sconn", "-o", "yaml", check=False).stdout)
+    print(cluster.kubectl("get", "sns", "-o", "yaml", check=False).stdout)
+
+
+def wait_condition(cluster: Cluster, name: str, cond: str = "Ready", timeout: float = 60) -> None:
     proc = cluster.kubectl(
         "wait",
-        "--for=condition=Ready",
+        f"--for=condition={cond}",
         f"storageconnection/{name}",
         f"--timeout={timeout:.0f}s",
         check=False,
         timeout=timeout + 10,
     )
     if proc.returncode != 0:
-        print(cluster.dump_logs())
-        print(cluster.kubectl("get", "sconn", name, "-o", "yaml", check=False).stdout)
-        print(cluster.kubectl("get", "sns", "-o", "yaml", check=False).stdout)
+        debug(cluster)
     assert proc.returncode == 0, proc.stderr
+
+
+def wait_status(cluster: Cluster, name: str, pred: Any, what: str, timeout: float = 60) -> dict[str, Any]:
+    try:
+        obj: dict[str, Any] = wait_until(
+            lambda: (o := cluster.get("sconn", name)) and pred(o) and o, timeout, what
+        )
+    except AssertionError:
+        debug(cluster)
+        raise
+    return obj
+
+
+def wait_gone(cluster: Cluster, name: str, timeout: float = 60) -> None:
+    proc = cluster.kubectl(
+        "wait",
+        "--for=delete",
+        f"storageconnection/{name}",
+        f"--timeout={timeout:.0f}s",
+        check=False,
+        timeout=timeout + 10,
+    )
+    if proc.returncode != 0 and "not found" not in proc.stderr:
+        debug(cluster)
+        raise AssertionError(proc.stderr)
+
+
+def ledger_names(cluster: Cluster, node: str) -> list[str]:
+    path = os.path.join(cluster.agents[node].state_dir, "ledger.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return sorted(e["name"] for e in json.load(f)["entries"])
+
+
+def mounts_of(cluster: Cluster, node: str, device: str | None = None) -> list[str]:
+    base = cluster.agents[node].mount_base
+    out = []
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            target = fields[4].encode().decode("unicode_escape")
+            source = fields[fields.index("-") + 2]
+            if target.startswith(base + "/") and (device is None or source == device):
+                out.append(target)
+    return out
+
+
+def delete(cluster: Cluster, name: str) -> None:
+    cluster.kubectl("delete", "sconn", name, "--wait=false", "--ignore-not-found")
+
+
+# ---------------------------------------------------------------------------------------------- tests
 
 
 def test_localfs_apply_reaches_ready_on_every_node(kube_cluster: Cluster) -> None:
     name = uniq("local")
     kube_cluster.apply(localfs(kube_cluster, name))
-    wait_ready(kube_cluster, name)
+    wait_condition(kube_cluster, name)
     obj = kube_cluster.get("storageconnection", name)
     assert obj["status"]["readyNodes"] == "3/3"
     assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
@@ -60,5 +128,293 @@ def test_localfs_apply_reaches_ready_on_every_node(kube_cluster: Cluster) -> Non
         assert st["status"]["phase"] == "Connected"
         assert st["metadata"]["ownerReferences"][0]["kind"] == "Node"
         assert st["metadata"]["labels"]["hoststorage.io/node"] == node
-    table = kube_cluster.kubectl("get", "sconn", name).stdout
-    assert "3/3" in table
+        assert os.path.islink(st["status"]["connection"]["mountPoint"])
+    assert "3/3" in kube_cluster.kubectl("get", "sconn", name).stdout
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_posixfs_loop_ready_then_delete_tears_down_everywhere(
+    kube_cluster: Cluster, loop_device: Any
+) -> None:
+    dev = loop_device("ext4")
+    name = uniq("posix")
+    kube_cluster.apply(posixfs(name, dev))
+    wait_condition(kube_cluster, name)
+    for node in kube_cluster.nodes:
+        assert len(mounts_of(kube_cluster, node, dev)) == 1, node
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+    for node in kube_cluster.nodes:
+        wait_until(lambda n=node: not mounts_of(kube_cluster, n, dev), 30, f"{node} unmounted")
+        assert name not in ledger_names(kube_cluster, node)
+    wait_until(lambda: not kube_cluster.states(name), 30, "children deleted")
+
+
+def test_glusterfs_ready_on_every_node(kube_cluster: Cluster, gluster_volume: Any) -> None:
+    name = uniq("gluster")
+    kube_cluster.apply(
+        sconn(
+            name,
+            {
+                "type": "glusterfs",
+                "glusterfs": {"server": gluster_volume.server, "volume": gluster_volume.volume},
+            },
+        )
+    )
+    wait_condition(kube_cluster, name, timeout=90)
+    for node in kube_cluster.nodes:
+        assert any("glusterSD" in m for m in mounts_of(kube_cluster, node)), node
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+    for node in kube_cluster.nodes:
+        wait_until(
+            lambda n=node: (
+                not any("glusterSD" in m and gluster_volume.volume in m for m in mounts_of(kube_cluster, n))
+            ),
+            30,
+            f"{node} unmounted",
+        )
+
+
+def test_node_selector_and_relabelling(kube_cluster: Cluster) -> None:
+    key = f"e2e-{secrets.token_hex(3)}"
+    a, b, c = kube_cluster.nodes
+    name = uniq("sel")
+    try:
+        kube_cluster.kubectl("label", "node", a, b, f"{key}=yes")
+        kube_cluster.apply(localfs(kube_cluster, name, nodeSelector={"matchLabels": {key: "yes"}}))
+        wait_condition(kube_cluster, name)
+        assert kube_cluster.get("sconn", name)["status"]["readyNodes"] == "2/2"
+        assert sorted(kube_cluster.states(name)) == [a, b]
+        assert name not in ledger_names(kube_cluster, c)
+
+        kube_cluster.kubectl("label", "node", c, f"{key}=yes")
+        wait_status(
+            kube_cluster, name, lambda o: o["status"].get("readyNodes") == "3/3", "3/3 after labelling"
+        )
+        assert name in ledger_names(kube_cluster, c)
+
+        kube_cluster.kubectl("label", "node", a, f"{key}-")
+        wait_status(
+            kube_cluster, name, lambda o: o["status"].get("readyNodes") == "2/2", "2/2 after unlabelling"
+        )
+        wait_until(lambda: name not in ledger_names(kube_cluster, a), 30, "torn down on the unlabelled node")
+        wait_until(
+            lambda: sorted(kube_cluster.states(name)) == [b, c], 30, "child of the unlabelled node gone"
+        )
+    finally:
+        kube_cluster.kubectl("label", "node", *kube_cluster.nodes, f"{key}-", check=False)
+        delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_spec_change_moves_observed_generation(kube_cluster: Cluster, loop_device: Any) -> None:
+    dev = loop_device("ext4")
+    name = uniq("gen")
+    kube_cluster.apply(posixfs(name, dev))
+    wait_condition(kube_cluster, name)
+    first = kube_cluster.get("sconn", name)
+    assert first["status"]["observedGeneration"] == first["metadata"]["generation"]
+    kube_cluster.kubectl(
+        "patch",
+        "sconn",
+        name,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"posixfs": {"options": ["noatime"]}}}),
+    )
+    second = wait_status(
+        kube_cluster,
+        name,
+        lambda o: (
+            o["metadata"]["generation"] > first["metadata"]["generation"]
+            and o["status"].get("observedGeneration") == o["metadata"]["generation"]
+            and o["status"].get("readyNodes") == "3/3"
+        ),
+        "observedGeneration follows",
+    )
+    for st in kube_cluster.states(name).values():
+        assert st["status"]["observedGeneration"] == second["metadata"]["generation"]
+    # Label and annotation edits are not spec changes: the generation stays.
+    kube_cluster.kubectl("label", "sconn", name, "team=storage")
+    assert kube_cluster.get("sconn", name)["metadata"]["generation"] == second["metadata"]["generation"]
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_bad_spec_is_invalid_on_every_node_and_host_untouched(kube_cluster: Cluster) -> None:
+    name = uniq("bad")
+    before = {
+        n: (sorted(os.listdir(a.mount_base)), ledger_names(kube_cluster, n))
+        for n, a in kube_cluster.agents.items()
+    }
+    # Schema-valid, but outside every allowed host path: only the agent can refuse it.
+    kube_cluster.apply(sconn(name, {"type": "localfs", "localfs": {"path": "/etc"}}))
+    obj = wait_status(
+        kube_cluster, name, lambda o: o.get("status", {}).get("failed") == 3, "failed on 3 nodes"
+    )
+    degraded = next(c for c in obj["status"]["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "InvalidSpec")
+    assert len(obj["status"]["failingNodes"]) == 3
+    for st in kube_cluster.states(name).values():
+        ready = next(c for c in st["status"]["conditions"] if c["type"] == "Ready")
+        assert ready["reason"] == "InvalidSpec"
+    after = {
+        n: (sorted(os.listdir(a.mount_base)), ledger_names(kube_cluster, n))
+        for n, a in kube_cluster.agents.items()
+    }
+    assert after == before
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_retain_leaves_mounts(kube_cluster: Cluster, loop_device: Any) -> None:
+    dev = loop_device("ext4")
+    name = uniq("retain")
+    kube_cluster.apply(posixfs(name, dev, deletionPolicy="Retain"))
+    wait_condition(kube_cluster, name)
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+    for node in kube_cluster.nodes:
+        assert len(mounts_of(kube_cluster, node, dev)) == 1, node
+        assert name not in ledger_names(kube_cluster, node)
+        for target in mounts_of(kube_cluster, node, dev):
+            subprocess.run(["umount", target], check=True)
+
+
+def test_drift_is_repaired_and_counted(kube_cluster: Cluster, loop_device: Any) -> None:
+    dev = loop_device("ext4")
+    name = uniq("drift")
+    kube_cluster.apply(posixfs(name, dev))
+    wait_condition(kube_cluster, name)
+    node = kube_cluster.nodes[0]
+    agent = kube_cluster.agents[node]
+
+    def repairs() -> float:
+        m = re.search(r'^hoststorage_repairs_total\{kind="StorageConnection"\} (\S+)$', agent.metrics(), re.M)
+        return float(m.group(1)) if m else 0.0
+
+    before = repairs()
+    (target,) = mounts_of(kube_cluster, node, dev)
+    subprocess.run(["umount", target], check=True)
+    wait_until(lambda: mounts_of(kube_cluster, node, dev) == [target], 30, "the mount restored by resync")
+    wait_until(lambda: repairs() >= before + 1, 10, "the repair counted")
+    assert "drift repaired" in agent.log_text()
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_deleted_node_does_not_block_delete(kube_cluster: Cluster) -> None:
+    name = uniq("gone")
+    node = kube_cluster.nodes[2]
+    agent = kube_cluster.agents[node]
+    kube_cluster.apply(localfs(kube_cluster, name))
+    wait_condition(kube_cluster, name)
+    try:
+        agent.stop()
+        delete(kube_cluster, name)
+        obj = wait_status(
+            kube_cluster,
+            name,
+            lambda o: (
+                [n for n, s in kube_cluster.states(name).items() if s["status"]["phase"] == "Detached"]
+                == sorted(kube_cluster.nodes[:2])
+            ),
+            "two nodes detached",
+        )
+        assert "hoststorage.io/teardown" in obj["metadata"]["finalizers"]  # node-c still holds it
+        kube_cluster.kubectl("delete", "node", node)
+        wait_gone(kube_cluster, name)
+        events = kube_cluster.kubectl("get", "events", "-A", "-o", "json").stdout
+        assert any(
+            e["reason"] == "NodesSkipped" and node in e["message"] and e["involvedObject"]["name"] == name
+            for e in json.loads(events)["items"]
+        )
+    finally:
+        kube_cluster.create_node(node, {"hoststorage.io/e2e": "yes"})
+        agent.start()
+        kube_cluster.wait_ready(agent)
+    # The agent comes back to a ledger entry whose parent is gone: it tears it down.
+    wait_until(lambda: name not in ledger_names(kube_cluster, node), 30, "orphan torn down on restart")
+
+
+def test_agent_killed_mid_connect_converges(kube_cluster: Cluster, gluster_volume: Any) -> None:
+    name = uniq("kill")
+    node = kube_cluster.nodes[1]
+    agent = kube_cluster.agents[node]
+    kube_cluster.apply(
+        sconn(
+            name,
+            {
+                "type": "glusterfs",
+                "glusterfs": {"server": gluster_volume.server, "volume": gluster_volume.volume},
+            },
+        )
+    )
+    # The ledger entry is written ahead of the mount: kill the agent the moment it appears.
+    wait_until(lambda: name in ledger_names(kube_cluster, node), 60, "connect started", interval=0.02)
+    agent.signal(signal.SIGKILL)
+    agent.popen.wait(10)  # type: ignore[union-attr]
+    agent.start()
+    try:
+        wait_condition(kube_cluster, name, timeout=90)
+        glusters = [m for m in mounts_of(kube_cluster, node) if gluster_volume.volume in m]
+        assert len(glusters) == 1, glusters
+        st = kube_cluster.states(name)[node]
+        assert st["status"]["phase"] == "Connected"
+    finally:
+        kube_cluster.wait_ready(agent)
+        delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_sigterm_is_graceful_and_leaves_mounts(kube_cluster: Cluster, loop_device: Any) -> None:
+    dev = loop_device("ext4")
+    name = uniq("term")
+    node = kube_cluster.nodes[0]
+    agent = kube_cluster.agents[node]
+    kube_cluster.apply(posixfs(name, dev))
+    wait_condition(kube_cluster, name)
+    agent.signal(signal.SIGUSR1)
+    wait_until(lambda: "state dump" in agent.log_text(), 10, "SIGUSR1 state dump")
+    started = time.monotonic()
+    assert agent.stop(timeout=30) == 0
+    assert time.monotonic() - started < 25
+    assert len(mounts_of(kube_cluster, node, dev)) == 1
+    agent.start()
+    kube_cluster.wait_ready(agent)
+    delete(kube_cluster, name)
+    wait_gone(kube_cluster, name)
+
+
+def test_api_outage_keeps_host_state_and_catches_up(kube_cluster: Cluster, loop_device: Any) -> None:
+    if kube_cluster.runner is None:
+        pytest.skip("stopping the API server needs the emulator")
+    dev = loop_device("ext4")
+    name = uniq("outage")
+    kube_cluster.apply(posixfs(name, dev))
+    wait_condition(kube_cluster, name)
+    node = kube_cluster.nodes[0]
+    (target,) = mounts_of(kube_cluster, node, dev)
+    kube_cluster.runner.stop()
+    try:
+        time.sleep(5)
+        # Drift during the outage is still repaired: the agent works from what it knows.
+        subprocess.run(["umount", target], check=True)
+        wait_until(lambda: mounts_of(kube_cluster, node, dev) == [target], 30, "repaired without the API")
+        time.sleep(25)
+        for n in kube_cluster.nodes:
+            assert len(mounts_of(kube_cluster, n, dev)) == 1
+            assert kube_cluster.agents[n].alive()
+        assert kube_cluster.controller is not None and kube_cluster.controller.alive()
+    finally:
+        kube_cluster.runner.start()
+    late = uniq("late")
+    kube_cluster.apply(localfs(kube_cluster, late))
+    wait_condition(kube_cluster, late, timeout=90)
+    assert kube_cluster.get("sconn", name)["status"]["readyNodes"] == "3/3"
+    for n in (name, late):
+        delete(kube_cluster, n)
+    for n in (name, late):
+        wait_gone(kube_cluster, n, timeout=90)
