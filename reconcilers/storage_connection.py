@@ -629,7 +629,7 @@ def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = Fals
         target = conn.target()
     except errors.HostStorageError as exc:
         return _error_result(spec.name, exc)
-    base_detail = {"type": spec.type, _target_key(spec.type): target}
+    base_detail = {"type": spec.type, _target_key(spec.type): target, "source": _source_of(spec)}
 
     owner = host.ledger.owner_of(target) if spec.type != "iscsi" else None
     if owner is not None and owner.key != (KIND, spec.name):

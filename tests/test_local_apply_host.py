@@ -315,3 +315,23 @@ def test_table_and_yaml_outputs(cli: Cli, tmp_path: pathlib.Path) -> None:
     assert "Connected" in table.stdout.splitlines()[1]
     out = yaml.safe_load(cli("status", "-o", "yaml").stdout)
     assert _names(out) == ["local"] and out[0]["phase"] == "Connected"
+
+
+@pytest.mark.slow
+def test_glusterfs_fuse_mount_through_the_command(
+    cli: Cli, gluster_volume: Any, tmp_path: pathlib.Path
+) -> None:
+    spec = {
+        "type": "glusterfs",
+        "glusterfs": {"server": gluster_volume.server, "volume": gluster_volume.volume},
+    }
+    manifest = write(tmp_path, conn("gv", spec))
+    rc, out = cli.json("apply", "-f", manifest)
+    assert rc == 0, out
+    target = out[0]["connection"]["mountPoint"]
+    assert target.startswith(os.path.join(cli.base, "glusterSD") + "/")
+    [rec] = mounted_at(target)
+    assert rec.fstype == "fuse.glusterfs"
+    assert "no change" in cli("apply", "-f", manifest).stdout
+    rc, out = cli.json("delete", "-f", manifest)
+    assert rc == 0 and out[0]["phase"] == "Detached" and not mounted_at(target)
