@@ -225,3 +225,21 @@ def test_local_commands_do_not_import_the_cluster_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert proc.stdout.strip() == "False"
+
+
+def test_state_dir_from_the_environment(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "d").mkdir()
+    doc = textwrap.dedent(f"""\
+        apiVersion: hoststorage.io/v1alpha1
+        kind: StorageConnection
+        metadata: {{name: env}}
+        spec: {{type: localfs, localfs: {{path: {tmp_path}/d}}}}
+        """)
+    env = {
+        "HOSTSTORAGE_STATE_DIR": str(tmp_path / "s"),
+        "HOSTSTORAGE_ALLOWED_HOST_PATHS": f"/nonexistent:{tmp_path}",
+    }
+    assert run("apply", "-f", "-", stdin=doc, env=env).returncode == 0
+    assert (tmp_path / "s" / "ledger.json").exists() and (tmp_path / "s" / "mnt").is_dir()
+    assert json.loads(run("status", "-o", "json", env=env).stdout)[0]["name"] == "env"
+    assert run("delete", "-f", "-", stdin=doc, env=env).returncode == 0

@@ -15,6 +15,7 @@ from typing import Any
 
 import celpy
 import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 
@@ -57,6 +58,10 @@ def test_names_scope_and_subresources() -> None:
     assert columns["Type"] == ".spec.type"
     assert columns["Ready"] == ".status.readyNodes"
     assert columns["Age"] == ".metadata.creationTimestamp"
+
+
+def test_the_crd_object_is_valid_apiextensions_v1() -> None:
+    kubernetes_validate.validate(CRD, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_schema_is_structural_and_explained() -> None:
