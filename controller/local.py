@@ -30,13 +30,13 @@ import yaml
 
 from controller import output, settings
 from hostlib import errors, ledger
+from reconcilers import domain_monitor, status, storage_connection, storage_pool
 from reconcilers import host as host_mod
-from reconcilers import status, storage_connection, storage_pool
 
 log = logging.getLogger(__name__)
 
 # The reconciler modules this mode knows, each with KIND, DETAIL_KEY, ORDER, parse, reconcile, teardown.
-KINDS: tuple[types.ModuleType, ...] = (storage_connection, storage_pool)
+KINDS: tuple[types.ModuleType, ...] = (storage_connection, storage_pool, domain_monitor)
 
 # Bigger manifests are a mistake or an attack; a thousand objects fit in well under this.
 MAX_INPUT_BYTES = 8 * 1024 * 1024

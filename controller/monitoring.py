@@ -41,8 +41,8 @@ log = logging.getLogger(__name__)
 ReportCallback = Callable[[str, dmon.MonitorStatus, bool], None]
 """(monitor name, its status, whether it is a transition) -> None; runs in the scheduler thread."""
 
-# Checks are cheap; this bounds how long add/remove/stop wait for the scheduler to notice them.
-MAX_WAIT = 0.1
+# The scheduler's heartbeat when nothing is due (set/remove/stop wake it at once through the backend).
+MAX_WAIT = 1.0
 JITTER_SAMPLES = 100_000
 START_SPREAD = 10.0
 SLOT = 0.1
@@ -159,6 +159,7 @@ class MonitorRuntime:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the schedule and retire the helpers (never waiting on a stuck one)."""
         self._stop.set()
+        self._backend.wakeup()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -168,10 +169,12 @@ class MonitorRuntime:
         """Add a monitor or replace its configuration (its status is kept when the request is the same)."""
         with self._lock:
             self._commands.append(("set", config))
+        self._backend.wakeup()
 
     def remove(self, name: str) -> None:
         with self._lock:
             self._commands.append(("remove", name))
+        self._backend.wakeup()
 
     def status(self, name: str) -> dmon.MonitorStatus | None:
         with self._lock:

@@ -73,12 +73,7 @@ def _under(root: str, path: str) -> bool:
 
 
 def _confine(root: str, path: str) -> str:
-    # The root is a mount point or an allowed host path the agent validated; resolving it once per
-    # helper saves a realpath per check. The file itself is resolved every time: storage content can
-    # change it into a symlink pointing anywhere.
-    real_root = _real_roots.get(root)
-    if real_root is None:
-        real_root = _real_roots[root] = os.path.realpath(root)
+    real_root = _real_root(root)
     real = os.path.realpath(path)
     if not _under(real_root, real):
         raise CheckFailed("confine", f"{path} resolves to {real}, outside {real_root}")
@@ -115,7 +110,34 @@ def _create_probe(path: str) -> None:
         os.close(fd)
 
 
-def _read(path: str, want_data: bool, limit: int) -> dict[str, Any]:
+def _real_root(root: str) -> str:
+    # The root is a mount point or an allowed host path the agent validated; resolving it once per
+    # helper saves a realpath per check.
+    real = _real_roots.get(root)
+    if real is None:
+        real = _real_roots[root] = os.path.realpath(root)
+    return real
+
+
+def _confine_fd(fd: int, root: str, path: str) -> None:
+    """Refuse an opened file that is not under ``root``: what was opened, not what a path said.
+
+    Checked on the open descriptor (its /proc link), so a symlink swapped in by whoever controls the
+    storage between the realpath check and the open cannot make us read outside the root.
+    """
+    real = os.readlink(f"/proc/self/fd/{fd}")
+    real_root = _real_root(root)
+    if not _under(real_root, real):
+        raise CheckFailed("confine", f"{path} resolves to {real}, outside {real_root}")
+
+
+def _read(path: str, root: str, want_data: bool, limit: int) -> dict[str, Any]:
+    # Resolved before opening: opening a device a symlink points at can have effects of its own
+    # (a watchdog starts, a tape rewinds). Checked again on the descriptor after opening (a race).
+    try:
+        _confine(root, path)
+    except OSError as exc:
+        raise _oserror("confine", path, exc) from exc
     direct = True
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
@@ -133,6 +155,10 @@ def _read(path: str, want_data: bool, limit: int) -> dict[str, Any]:
     if buf is None:
         buf = _local.buf = mmap.mmap(-1, BLOCK)
     try:
+        try:
+            _confine_fd(fd, root, path)
+        except OSError as exc:
+            raise _oserror("confine", path, exc) from exc
         start = time.monotonic()
         try:
             got = os.preadv(fd, [buf], 0)
@@ -176,6 +202,11 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
     kind = "file"
     out: dict[str, Any] = {}
     if not path:
+        # Detection lists the target and may create the probe file in it: confine the target first.
+        try:
+            target = _confine(root, target)
+        except OSError as exc:
+            raise _oserror("confine", target, exc) from exc
         try:
             found, domains = _detect(target)
         except OSError as exc:
@@ -196,12 +227,8 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
                     raise _oserror("create", path, exc) from exc
     elif req.get("kind"):
         kind = str(req["kind"])
-    try:
-        real = _confine(root, str(path))
-    except OSError as exc:
-        raise _oserror("confine", str(path), exc) from exc
     want_data = bool(req.get("data")) or kind == "metadata"
-    out.update(_read(real, want_data, int(req.get("limit") or DEFAULT_LIMIT)))
+    out.update(_read(str(path), root, want_data, int(req.get("limit") or DEFAULT_LIMIT)))
     out["path"] = str(path)
     out["kind"] = kind
     if req.get("statvfs", True):
@@ -241,7 +268,6 @@ def _answer(out_fd: int, msg: dict[str, Any]) -> None:
 
 def _run(out_fd: int, req: dict[str, Any]) -> None:
     rid = req.get("id")
-    started = time.monotonic()
     try:
         op = req.get("op")
         if op == "check":
@@ -257,7 +283,6 @@ def _run(out_fd: int, req: dict[str, Any]) -> None:
         msg = {"id": rid, "ok": False, "stage": exc.stage, "error": exc.message, "errno": exc.errno}
     except Exception as exc:  # a helper bug must become an answer, not a hang
         msg = {"id": rid, "ok": False, "stage": "internal", "error": f"{type(exc).__name__}: {exc}"}
-    msg["elapsed"] = time.monotonic() - started
     _answer(out_fd, msg)
 
 
@@ -341,7 +366,8 @@ def main() -> int:
     pool = _Pool(out_fd)
     buffer = b""
     while True:
-        ready, _, _ = select.select([in_fd], [], [], STUCK_AFTER)
+        # Wake up periodically only while work waits for a worker (to notice stuck ones); else sleep.
+        ready, _, _ = select.select([in_fd], [], [], None if pool.queue.empty() else STUCK_AFTER)
         if not ready:
             pool.grow()
             continue

@@ -62,13 +62,13 @@ class CheckRequest:
 
     def wire_line(self, rid: int) -> bytes:
         """The request as one JSON line; the constant part is encoded once per request object."""
-        prefix = _WIRE_CACHE.get(self)
+        prefix: bytes | None = self.__dict__.get("_wire")
         if prefix is None:
             body = self.to_wire(0)
             del body["id"]
-            prefix = _WIRE_CACHE[self] = json.dumps(body, separators=(",", ":"))[:-1].encode() + b',"id":'
-            if len(_WIRE_CACHE) > 100_000:
-                _WIRE_CACHE.clear()
+            prefix = json.dumps(body, separators=(",", ":"))[:-1].encode() + b',"id":'
+            # Frozen, so the cache lives beside the fields (not one of them: eq/hash ignore it).
+            object.__setattr__(self, "_wire", prefix)
         return prefix + str(rid).encode() + b"}\n"
 
     def to_wire(self, rid: int) -> dict[str, Any]:
@@ -85,7 +85,37 @@ class CheckRequest:
         }
 
 
-_WIRE_CACHE: dict[CheckRequest, bytes] = {}
+def _wake_pipe(sel: selectors.BaseSelector) -> tuple[int, int]:
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    sel.register(r, selectors.EVENT_READ)
+    return r, w
+
+
+def _poke(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, OSError):
+        os.write(fd, b"\0")
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError, OSError):
+        while os.read(fd, 4096):
+            pass
+
+
+_abandoned: list[subprocess.Popen[bytes]] = []
+"""Children left behind by closed checkers (stuck on storage, or still exiting): reaped with a
+non-blocking poll whenever any checker waits, never waited on."""
+
+
+def _abandon(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        _abandoned.append(proc)
+
+
+def reap_abandoned() -> int:
+    """Reap abandoned children that have exited; returns how many are still running."""
+    _abandoned[:] = [p for p in _abandoned if p.poll() is None]
+    return len(_abandoned)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,6 +168,7 @@ class CheckBackend(Protocol):
     def submit(self, key: Hashable, request: CheckRequest, *, timeout: float) -> bool: ...
     def outstanding(self, key: Hashable) -> float | None: ...
     def wait(self, timeout: float) -> list[tuple[Hashable, CheckResult]]: ...
+    def wakeup(self) -> None: ...
     def close(self) -> None: ...
     def stats(self) -> dict[str, int]: ...
 
@@ -230,6 +261,7 @@ class Checker:
         self._max_retired = max_retired
         self._clock = clock
         self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = _wake_pipe(self._sel)
         self._current: _Helper | None = None
         self._helpers: dict[int, _Helper] = {}  # stdout fd -> helper (current and retired, until EOF)
         self._zombies: list[_Helper] = []  # EOF seen, not yet reaped
@@ -274,17 +306,22 @@ class Checker:
     def wait(self, timeout: float) -> list[tuple[Hashable, CheckResult]]:
         """Wait up to ``timeout`` seconds for answers; returns (key, result) of every finished check."""
         self._reap()
+        if _abandoned:
+            reap_abandoned()
         self._flush()
-        if not self._helpers:
-            if timeout > 0:
-                time.sleep(timeout)
-            return []
         out: list[tuple[Hashable, CheckResult]] = []
         for sel_key, _ in self._sel.select(max(0.0, timeout)):
+            if sel_key.fd == self._wake_r:
+                _drain(self._wake_r)
+                continue
             helper = self._helpers.get(sel_key.fd)
             if helper is not None:
                 self._read(helper, out)
         return out
+
+    def wakeup(self) -> None:
+        """Make a running :meth:`wait` return now; the one method safe to call from any thread."""
+        _poke(self._wake_w)
 
     def check(self, request: CheckRequest, *, timeout: float) -> CheckResult | None:
         """One blocking check for one-shot use (``hoststorage apply``); None on timeout (abandoned)."""
@@ -332,15 +369,23 @@ class Checker:
         deadline = time.monotonic() + 1.0
         while self._helpers and time.monotonic() < deadline:
             self.wait(0.05)
-        self._reap()
+        while self._zombies and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
         for helper in self._helpers.values():
             log.warning("check helper pid %s still holds %d stuck checks; left behind",
                         helper.pid, len(helper.pending))
             self._sel.unregister(helper.stdout_fd)
             assert helper.proc.stdout is not None
             helper.proc.stdout.close()
+            _abandon(helper.proc)
+        for helper in self._zombies:
+            _abandon(helper.proc)
         self._helpers.clear()
+        self._zombies.clear()
         self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def stats(self) -> dict[str, int]:
         return {
@@ -461,6 +506,7 @@ class DdChecker:
         self._clock = clock
         self._dd = dd
         self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = _wake_pipe(self._sel)
         self._running: dict[int, tuple[Hashable, subprocess.Popen[bytes], float, list[bytes]]] = {}
         self._keys: dict[Hashable, float] = {}
         self._zombies: list[subprocess.Popen[bytes]] = []
@@ -490,13 +536,12 @@ class DdChecker:
 
     def wait(self, timeout: float) -> list[tuple[Hashable, CheckResult]]:
         self._zombies = [p for p in self._zombies if p.poll() is None]
-        if not self._running:
-            if timeout > 0:
-                time.sleep(timeout)
-            return []
         out: list[tuple[Hashable, CheckResult]] = []
         for sel_key, _ in self._sel.select(max(0.0, timeout)):
             fd = sel_key.fd
+            if fd == self._wake_r:
+                _drain(fd)
+                continue
             key, proc, sent, chunks = self._running[fd]
             try:
                 chunk = os.read(fd, _READ_CHUNK)
@@ -538,7 +583,15 @@ class DdChecker:
         while self._zombies and time.monotonic() < deadline:
             self._zombies = [p for p in self._zombies if p.poll() is None]
             time.sleep(0.02)
+        for proc in self._zombies:
+            _abandon(proc)
+        self._zombies.clear()
         self._sel.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def wakeup(self) -> None:
+        _poke(self._wake_w)
 
     def stats(self) -> dict[str, int]:
         return {"outstanding": len(self._keys), "zombies": len(self._zombies)}

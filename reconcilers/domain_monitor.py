@@ -495,6 +495,8 @@ def followup_request(first: checker.CheckRequest, result: checker.CheckResult) -
     """
     if not result.ok or not result.path:
         return first
+    if first.path == result.path and first.kind == result.kind and not first.create_probe:
+        return first
     return dataclasses.replace(first, path=result.path, kind=result.kind, create_probe=False)
 
 
