@@ -104,20 +104,13 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
 
 def _chosen(argv: Sequence[str]) -> str | None:
-    """The subcommand named on the command line (the first word that is one), before full parsing."""
+    """The subcommand named on the command line, before full parsing: the first word that is one.
+
+    A global flag's value cannot be mistaken for it: paths must be absolute, and no URI or level is
+    spelt like a subcommand.
+    """
     names = {cmd.name for cmd in SUBCOMMANDS}
-    value_flags = {"--state-dir", "--mount-base", "--allowed-host-path", "--libvirt-uri", "--log-level"}
-    skip = False
-    for word in argv:
-        if skip:
-            skip = False
-        elif word in value_flags:
-            skip = True
-        elif word in names:
-            return word
-        elif not word.startswith("-"):
-            return None
-    return None
+    return next((word for word in argv if word in names), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
