@@ -47,7 +47,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("apply", "make this host match the manifests", _LOCAL, "add_apply_arguments", "run_apply"),
     Subcommand("delete", "undo what the manifests describe", _LOCAL, "add_delete_arguments", "run_delete"),
     Subcommand("status", "show what hoststorage owns here", _LOCAL, "add_status_arguments", "run_status"),
-    Subcommand("monitor", "watch the DomainMonitors of the manifests in the foreground", "controller.monitor_cmd"),
+    Subcommand("monitor", "watch the manifests' DomainMonitors in the foreground", "controller.monitor_cmd"),
     Subcommand("agent", "the node agent: reconcile this node against the cluster", "controller.agent"),
     Subcommand("controller", "the cluster controller: roll-ups, finalizers, clean-up", "controller.cluster"),
 )
