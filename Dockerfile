@@ -22,27 +22,30 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Exactly the host tools the agent runs (hostlib): mount/umount and nsenter (mount, util-linux),
-# mount.nfs (nfs-common), mount.glusterfs (glusterfs-client), iscsiadm (open-iscsi), the filesystem
-# helpers the posixfs checks use (e2fsprogs, xfsprogs), and the libvirt client library
-# (python3-libvirt pulls libvirt0). No libvirt daemon: the agent talks to the node's libvirtd through
-# the /run/libvirt socket the chart mounts.
+# Exactly the host tools the agent runs (hostlib, hostlib/preflight.py HELPERS): mount/umount (mount),
+# nsenter (util-linux), mount.nfs (nfs-common), mount.glusterfs (glusterfs-client), iscsiadm
+# (open-iscsi), udevadm (udev), modprobe (kmod), dd and sync (coreutils, in the base), the file-system
+# tools posixfs sources need (e2fsprogs, xfsprogs), and the libvirt client library (python3-libvirt
+# pulls libvirt0). No libvirt daemon: the agent talks to the node's libvirtd through the /run/libvirt
+# socket the chart mounts. No systemd-run: with host-namespace execution (the chart's default) it and
+# every other tool run from the host's root file system; the copies here serve preflight and
+# hostNamespaces=false.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       python3 python3-venv python3-libvirt \
-      util-linux mount e2fsprogs xfsprogs \
+      util-linux mount e2fsprogs xfsprogs kmod udev \
       nfs-common glusterfs-client open-iscsi \
  && apt-get clean \
  && rm -rf /var/lib/apt/lists/*
 
-# A CA bundle for pip, only for builds behind a TLS-intercepting proxy: scripts/build_image.sh bind-mounts
-# the file and passes its in-container path here. Nothing of it stays in the image.
-ARG BUILD_CA_FILE=""
 COPY pyproject.toml README.md /src/
 COPY hostlib /src/hostlib
 COPY reconcilers /src/reconcilers
 COPY controller /src/controller
-RUN if [ -n "$BUILD_CA_FILE" ]; then export PIP_CERT="$BUILD_CA_FILE"; fi \
+# The build-ca secret (optional) is a CA bundle for pip behind a TLS-intercepting proxy:
+# scripts/build_image.sh passes it with --secret; a secret mount leaves nothing in the image.
+RUN --mount=type=secret,id=build-ca \
+    if [ -s /run/secrets/build-ca ]; then export PIP_CERT=/run/secrets/build-ca; fi \
  && python3 -m venv /opt/hoststorage \
  && site=$(/opt/hoststorage/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
  && ln -s /usr/lib/python3/dist-packages/libvirt* "$site"/ \

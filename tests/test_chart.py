@@ -44,6 +44,7 @@ NON_DEFAULT: dict[str, Any] = {
         "mountBase": "/rhev/data-center/mnt",
         "allowedHostPaths": ["/srv/storage", "/data/images"],
         "hostNamespaces": False,
+        "useHostScope": None,
         "libvirtUri": "qemu+unix:///system",
         "commandTimeoutSeconds": 90,
         "allowSuid": True,
@@ -163,6 +164,7 @@ def test_non_default_values_reach_the_objects() -> None:
     env = env_of(agent)
     assert env["HOSTSTORAGE_ALLOWED_HOST_PATHS"] == "/srv/storage:/data/images"
     assert env["HOSTSTORAGE_HOST_NAMESPACES"] == "false"
+    assert "HOSTSTORAGE_USE_HOST_SCOPE" not in env  # null: the agent decides
     assert env["HOSTSTORAGE_MOUNT_BASE"] == "/rhev/data-center/mnt"
     assert env["HOSTSTORAGE_HEALTH_PORT"] == "19720" and env["TZ"] == "UTC"
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
@@ -215,6 +217,7 @@ def test_agent_daemonset_has_the_privileges_and_mounts_the_agent_needs() -> None
     assert env["NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["HOSTSTORAGE_HOST_NAMESPACES"] == "true"
+    assert env["HOSTSTORAGE_USE_HOST_SCOPE"] == "true"  # FUSE helpers outlive the pod
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     host_paths = {name: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v}
@@ -290,6 +293,7 @@ def test_every_environment_variable_the_chart_sets_is_one_settings_reads(values_
         ("agent.allowedHostPaths[0]=relative/path", "/agent/allowedHostPaths/0"),
         ("agent.mountBase=mnt", "/agent/mountBase"),
         ("agent.workers=0", "/agent/workers"),
+        ("agent.useHostScope=auto", "/agent/useHostScope"),
         ("controller.replicas=two", "/controller/replicas"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("logLevel=LOUD", "/logLevel"),
@@ -304,6 +308,12 @@ def test_values_schema_rejects_wrong_values(set_value: str, complaint: str) -> N
     assert result.returncode != 0, f"{set_value} was accepted"
     assert "values don't meet the specifications" in result.stderr
     assert complaint in result.stderr
+
+
+def test_chart_refuses_a_host_scope_without_host_namespaces() -> None:
+    result = helm("template", "hs", str(CHART), "--set", "agent.hostNamespaces=false", check=False)
+    assert result.returncode != 0
+    assert "agent.useHostScope=true needs agent.hostNamespaces=true" in result.stderr
 
 
 def test_chart_refuses_a_grace_period_shorter_than_the_shutdown_bound() -> None:
