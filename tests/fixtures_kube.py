@@ -244,9 +244,13 @@ class Cluster:
         self.agents[node] = agent
         return agent
 
-    def start_controller(self) -> Proc:
+    def start_controller(
+        self, name: str = "controller", *, extra: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> Proc:
+        """Start a controller process; the first (``controller``) is the session's, others are extra."""
         port = kmock_ext.free_port()
-        env = dict(os.environ, KUBECONFIG=self.kubeconfigs["controller"], PYTHONUNBUFFERED="1")
+        who = "controller"
+        proc_env = dict(os.environ, KUBECONFIG=self.kubeconfigs[who], PYTHONUNBUFFERED="1", **(env or {}))
         argv = [
             HOSTSTORAGE,
             "--log-level",
@@ -258,12 +262,15 @@ class Cluster:
             "0",
             "--node-gone-grace",
             "20",
+            *(extra or []),
         ]
-        self.controller = Proc(
-            name="controller", argv=argv, env=env, log_path=self.workdir / "controller.log", health_port=port
+        proc = Proc(
+            name=name, argv=argv, env=proc_env, log_path=self.workdir / f"{name}.log", health_port=port
         )
-        self.controller.start()
-        return self.controller
+        proc.start()
+        if name == "controller":
+            self.controller = proc
+        return proc
 
     def wait_ready(self, proc: Proc, timeout: float = 60) -> None:
         wait_until(lambda: proc.probe("/readyz")[0] == 200 or not proc.alive(), timeout, f"{proc.name} ready")

@@ -418,3 +418,29 @@ def test_api_outage_keeps_host_state_and_catches_up(kube_cluster: Cluster, loop_
         delete(kube_cluster, n)
     for n in (name, late):
         wait_gone(kube_cluster, n, timeout=90)
+
+
+def test_leader_election_one_active_replica(kube_cluster: Cluster) -> None:
+    lease = f"hs-lease-{secrets.token_hex(3)}"
+    replicas = []
+    for i in range(2):
+        proc = kube_cluster.start_controller(
+            f"replica-{i}",
+            extra=["--leader-election", "--lease-name", lease],
+            env={"HOSTSTORAGE_LEASE_SECONDS": "4", "POD_NAME": f"replica-{i}"},
+        )
+        replicas.append(proc)
+    try:
+
+        def leaders() -> list[str]:
+            return [p.name for p in replicas if p.probe("/readyz")[1].get("leader")]
+
+        first = wait_until(lambda: (ls := leaders()) and len(ls) == 1 and ls, 30, "one leader")
+        time.sleep(3)
+        assert leaders() == first  # the other keeps standing by while the lease is renewed
+        leader = next(p for p in replicas if p.name == first[0])
+        leader.kill()
+        wait_until(lambda: leaders() not in ([], first), 30, "the standby takes over")
+    finally:
+        for p in replicas:
+            p.stop()
