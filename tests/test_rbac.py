@@ -1,16 +1,18 @@
 """The chart's RBAC allows every API request the agent and the controller make, and nothing more.
 
 The requests come from tests/data/api_requests.json, which the e2e suite writes from what the API
-emulator recorded (verb, group, resource, subresource, namespace, who). Until that file exists the
-test uses :data:`DERIVED_REQUESTS`, the list read off DESIGN.md and controller/kube.py, and says so.
+emulator recorded: who, verb, group, resource, subresource and whether the request was namespaced
+(namespaced requests go to the component's own namespace: the release namespace here), plus the
+non-resource discovery URLs. Without that file the test uses :data:`DERIVED_REQUESTS`, read off
+DESIGN.md and controller/kube.py, and names that source in every failure.
 
 The rules are the ones ``helm template`` renders, evaluated the way the RBAC authorizer evaluates
 them: ClusterRoleBindings grant everywhere, RoleBindings only in their namespace; a rule matches on
 API group, ``resource`` or ``resource/subresource``, verb and (when set) resource names.
 
 "Nothing broader" is a reviewed list (:data:`REVIEWED`): every (resource, verb) the chart grants must be
-on it, each entry says why, wildcards and escalation verbs are refused, and an entry no recorded request
-uses must say why it is kept (:data:`NOT_EXERCISED`).
+on it with a reason, wildcards and escalation verbs are refused, and a grant no recorded request uses
+must say why it is kept (:data:`NOT_EXERCISED`).
 """
 
 from __future__ import annotations
@@ -50,13 +52,13 @@ def _derived() -> list[Request]:
     out: list[Request] = []
     for who in ("agent", "controller"):
         for resource in PARENTS:
-            out += [Request(who, verb, GROUP, resource) for verb in ("get", "list", "watch")]
-        out += [Request(who, verb, "", "nodes") for verb in ("get", "list", "watch")]
-        out += [Request(who, verb, GROUP, "storagenodestates") for verb in ("get", "list", "watch", "delete")]
+            out += [Request(who, verb, GROUP, resource) for verb in ("list", "watch")]
+        out += [Request(who, verb, "", "nodes") for verb in ("list", "watch")]
+        out += [Request(who, verb, GROUP, "storagenodestates") for verb in ("list", "watch", "delete")]
         out.append(Request(who, "create", "", "events", namespace=NAMESPACE))
+    out.append(Request("agent", "get", "", "nodes"))
     out.append(Request("agent", "create", GROUP, "storagenodestates"))
     out.append(Request("agent", "patch", GROUP, "storagenodestates", "status"))
-    out.append(Request("agent", "get", "", "secrets", namespace=NAMESPACE, name="chap"))
     for resource in PARENTS:
         out.append(Request("controller", "patch", GROUP, resource))
         out.append(Request("controller", "patch", GROUP, resource, "status"))
@@ -80,17 +82,24 @@ def _who(raw: str) -> str | None:
     return None  # kubectl, the test itself
 
 
-def load_requests() -> tuple[list[Request], str]:
-    """The recorded requests (or the derived list) and where they came from."""
+def load_requests() -> tuple[list[Request], list[tuple[str, str]], str]:
+    """The resource requests, the non-resource (who, URL) requests, and where they came from."""
     if not REQUESTS_FILE.exists():
-        return DERIVED_REQUESTS, "derived from DESIGN.md (tests/data/api_requests.json not written yet)"
+        return DERIVED_REQUESTS, [], "derived from DESIGN.md (tests/data/api_requests.json not written yet)"
     data: Any = json.loads(REQUESTS_FILE.read_text())
     rows = data.get("requests", data) if isinstance(data, dict) else data
-    out = []
+    out: list[Request] = []
+    urls: list[tuple[str, str]] = []
     for row in rows:
         who = _who(str(row.get("who", "")))
         if who is None:
             continue
+        if "nonResourceURL" in row:
+            urls.append((who, str(row["nonResourceURL"])))
+            continue
+        namespace = str(row.get("namespace") or "")
+        if row.get("namespaced") and not namespace:
+            namespace = NAMESPACE
         out.append(
             Request(
                 who=who,
@@ -98,17 +107,23 @@ def load_requests() -> tuple[list[Request], str]:
                 group=str(row.get("group") or ""),
                 resource=str(row["resource"]),
                 subresource=str(row.get("subresource") or ""),
-                namespace=str(row.get("namespace") or ""),
+                namespace=namespace,
                 name=str(row.get("name") or ""),
             )
         )
-    return out, str(REQUESTS_FILE.relative_to(REQUESTS_FILE.parent.parent.parent))
+    return out, urls, "tests/data/api_requests.json"
 
 
-REQUESTS, SOURCE = load_requests()
+REQUESTS, NON_RESOURCE_URLS, SOURCE = load_requests()
 RECORDED_NAMESPACES = sorted({r.namespace for r in REQUESTS if r.namespace})
 # The recorded namespaced requests went to the agent's and controller's own namespace: install there.
 RELEASE_NAMESPACE = RECORDED_NAMESPACES[0] if len(RECORDED_NAMESPACES) == 1 else NAMESPACE
+# What Kubernetes' default system:discovery and system:public-info-viewer ClusterRoles let every
+# authenticated client GET; the chart grants no non-resource URL of its own.
+DISCOVERY_URLS = (
+    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version", "/version/",
+    "/openapi", "/openapi/*",
+)  # fmt: skip
 
 # Every grant the chart may make: (who, group, resource, verb, scope) -> why.
 # scope "cluster": through a ClusterRoleBinding; "release": a Role in the release namespace.
@@ -123,59 +138,39 @@ def _review(
             REVIEWED[(who, group, resource, verb, scope)] = why
 
 
-_review(
-    "agent", GROUP, PARENTS, ("get", "list", "watch"), "cluster", "watches the parent kinds it reconciles"
-)
-_review(
-    "agent",
-    GROUP,
-    ["storagenodestates"],
-    ("get", "list", "watch", "create", "delete"),
-    "cluster",
-    "its own per-node children: created on first result, deleted when the parent no longer selects it",
-)
+# fmt: off
+_review("agent", GROUP, PARENTS, ("list", "watch"), "cluster", "watches the parent kinds it reconciles")
+_review("agent", GROUP, ["storagenodestates"], ("list", "watch", "create", "delete"), "cluster",
+        "its own per-node children: created on first result, deleted when the parent no longer selects it")
 _review("agent", GROUP, ["storagenodestates/status"], ("patch",), "cluster", "writes its children's status")
-_review(
-    "agent",
-    "",
-    ["nodes"],
-    ("get", "list", "watch"),
-    "cluster",
-    "its own Node's labels; RBAC cannot narrow a shared DaemonSet role to each pod's node",
-)
+_review("agent", "", ["nodes"], ("get", "list", "watch"), "cluster",
+        "its own Node's labels; RBAC cannot narrow a shared DaemonSet role to each pod's node")
 _review("agent", "", ["secrets"], ("get",), "release", "CHAP credentials, by name, only in its namespace")
-_review("agent", "", ["events"], ("create", "patch"), "release", "warnings and transitions")
-_review("controller", GROUP, PARENTS, ("get", "list", "watch"), "cluster", "rolls children up into parents")
+_review("agent", "", ["events"], ("create",), "release", "warnings, transitions, the host preflight")
+_review("controller", GROUP, PARENTS, ("list", "watch"), "cluster", "rolls children up into parents")
 _review("controller", GROUP, PARENTS, ("patch",), "cluster", "adds and removes the teardown finalizer")
 _review("controller", GROUP, [f"{p}/status" for p in PARENTS], ("patch",), "cluster", "writes the roll-up")
-_review(
-    "controller",
-    GROUP,
-    ["storagenodestates"],
-    ("get", "list", "watch", "delete"),
-    "cluster",
-    "reads children, deletes those of deleted nodes and parents",
-)
-_review("controller", "", ["nodes"], ("get", "list", "watch"), "cluster", "node gone / NotReady grace")
-_review(
-    "controller",
-    "coordination.k8s.io",
-    ["leases"],
-    ("get", "create", "update"),
-    "release",
-    "leader election between replicas",
-)
-_review(
-    "controller", "", ["events"], ("create", "patch"), "release", "skipped nodes on teardown, roll-up changes"
-)
+_review("controller", GROUP, ["storagenodestates"], ("list", "watch", "delete"), "cluster",
+        "reads children, deletes those of deleted nodes and parents")
+_review("controller", "", ["nodes"], ("list", "watch"), "cluster", "node gone / NotReady grace")
+_review("controller", "coordination.k8s.io", ["leases"], ("get", "create", "update"), "release",
+        "leader election between replicas")
+_review("controller", "", ["events"], ("create",), "release", "skipped nodes on teardown, roll-up changes")
+# fmt: on
 
 # Reviewed grants an e2e run may not use, and why they stay.
 NOT_EXERCISED = {
-    ("agent", "", "events", "patch", "release"): "Event series: a repeated Event is patched, not re-created",
-    ("controller", "", "events", "patch", "release"): "Event series, as for the agent",
-    ("agent", GROUP, "storagenodestates", "get", "cluster"): "re-read of one child after a conflict",
-    ("controller", GROUP, "storagenodestates", "get", "cluster"): "re-read of one child",
     ("agent", "", "secrets", "get", "release"): "only iSCSI connections and pools with CHAP read Secrets",
+    ("controller", GROUP, "storagepools/status", "patch", "cluster"): "the e2e suite drives connections",
+    ("controller", GROUP, "domainmonitors/status", "patch", "cluster"): "the e2e suite drives connections",
+    ("controller", GROUP, "storagepools", "patch", "cluster"): "finalizer; the e2e suite drives connections",
+    (
+        "controller",
+        GROUP,
+        "domainmonitors",
+        "patch",
+        "cluster",
+    ): "finalizer; the e2e suite drives connections",
     ("controller", "coordination.k8s.io", "leases", "get", "release"): "only with replicas > 1",
     ("controller", "coordination.k8s.io", "leases", "create", "release"): "only with replicas > 1",
     ("controller", "coordination.k8s.io", "leases", "update", "release"): "only with replicas > 1",
@@ -241,6 +236,13 @@ def allows(grant_list: list[Grant], request: Request) -> bool:
 
 def rendered(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return render(values, namespace=RELEASE_NAMESPACE)
+
+
+def test_non_resource_requests_are_only_discovery() -> None:
+    def covered(url: str) -> bool:
+        return any(url == d or (d.endswith("*") and url.startswith(d[:-1])) for d in DISCOVERY_URLS)
+
+    assert not [u for u in NON_RESOURCE_URLS if not covered(u[1])], SOURCE
 
 
 def test_requests_were_loaded() -> None:
