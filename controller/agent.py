@@ -41,7 +41,7 @@ from typing import Any
 
 import kopf
 
-from controller import health, kube, local, metrics, naming, rollup, settings, workqueue
+from controller import health, kube, local, metrics, monitoring, naming, rollup, settings, workqueue
 from hostlib import errors, ledger, preflight
 from reconcilers import host as host_mod
 from reconcilers import status as status_mod
@@ -54,6 +54,7 @@ USER_ERRORS = (kube.StartupError,)
 """Errors the CLI reports as one line and exit code 2."""
 
 COMPONENT = "hoststorage-agent"
+MONITOR_KIND = "DomainMonitor"
 DETACHED = "Detached"
 DETACHING = "Detaching"
 TEARDOWN_FAILED = "TeardownFailed"
@@ -64,6 +65,16 @@ StartupError = kube.StartupError
 
 def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return (obj or {}).get("metadata") or {}
+
+
+def _same_state(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Equal but for detail numbers: same phase, generation and condition statuses and reasons."""
+
+    def key(st: Mapping[str, Any]) -> Any:
+        conds = sorted((c.get("type"), c.get("status"), c.get("reason")) for c in st.get("conditions") or [])
+        return st.get("phase"), st.get("observedGeneration"), conds
+
+    return bool(key(old) == key(new))
 
 
 class Agent:
@@ -101,10 +112,26 @@ class Agent:
         self._done_early: set[Key] = set()
         self.preflight: preflight.Report | None = None
         self.stopping = threading.Event()
+        self.monitors: monitoring.MonitorRuntime | None = None
+        """The DomainMonitor scheduler (DESIGN.md start-up step 6), when that kind is registered."""
+        self._reports: set[str] = set()
         self.queue = workqueue.WorkQueue(
             self.process, workers=conf.workers, name="agent", backoff_base=1.0, backoff_max=60.0
         )
         self.metrics.watch_queue(self.queue.depth)
+
+    def start_monitors(self) -> None:
+        """Start the DomainMonitor runtime; its reports only enqueue the monitor's key."""
+        if MONITOR_KIND in self.kinds and self.monitors is None:
+            self.monitors = monitoring.MonitorRuntime(
+                on_report=self._on_monitor_report, registry=self.metrics.registry
+            )
+            self.monitors.start()
+
+    def _on_monitor_report(self, name: str, status: Any, transition: bool) -> None:
+        with self._lock:
+            self._reports.add(name)
+        self.queue.add((MONITOR_KIND, name))
 
     # ------------------------------------------------------------------ event intake (any thread)
 
@@ -294,7 +321,13 @@ class Agent:
                 ),
             )
         else:
-            result = module.reconcile(spec, self.host)
+            if kind == MONITOR_KIND and self.monitors is not None:
+                result = monitoring.ensure(self.monitors, spec, self.host)
+                current = self.monitors.status(name)
+                if current is not None:
+                    monitoring.record_probe(self.host, spec, current)
+            else:
+                result = module.reconcile(spec, self.host)
         previous = self.last.get(key)
         repaired = (
             result.changed
@@ -324,7 +357,14 @@ class Agent:
         block = result.status_block()
         if generation is not None:
             block["observedGeneration"] = generation
-        self.write_state(kind, name, parent, block)
+        report_due = True
+        if kind == MONITOR_KIND:
+            # Monitor numbers move all the time: write them when the runtime says a report is due
+            # (transition, threshold, reportInterval), not on every resync.
+            with self._lock:
+                report_due = name in self._reports
+                self._reports.discard(name)
+        self.write_state(kind, name, parent, block, numbers_only_skip=not report_due)
         return bool(result.retry)
 
     def _teardown(self, module: types.ModuleType, key: Key, parent: dict[str, Any] | None, why: str) -> bool:
@@ -334,6 +374,8 @@ class Agent:
         entry = self.host.ledger.get(kind, name)
         retry = False
         block: dict[str, Any]
+        if kind == MONITOR_KIND and self.monitors is not None:
+            self.monitors.remove(name)
         if entry is not None:
             target: Any = entry
             if parent is not None:
@@ -403,7 +445,15 @@ class Agent:
 
     # ------------------------------------------------------------------ StorageNodeState writes
 
-    def write_state(self, kind: str, name: str, parent: Mapping[str, Any], block: Mapping[str, Any]) -> bool:
+    def write_state(
+        self,
+        kind: str,
+        name: str,
+        parent: Mapping[str, Any],
+        block: Mapping[str, Any],
+        *,
+        numbers_only_skip: bool = False,
+    ) -> bool:
         """Make our StorageNodeState of ``parent`` carry ``block``; returns whether an API write happened."""
         sns_name = naming.node_state_name(kind, name, self.node)
         parent_uid = str(_meta(parent).get("uid") or "")
@@ -425,6 +475,8 @@ class Agent:
             datetime.datetime.now(tz=datetime.UTC),
         )
         if current is not None and old_status == desired:
+            return False
+        if current is not None and numbers_only_skip and _same_state(old_status, desired):
             return False
         if current is None:
             body = naming.node_state_body(
@@ -703,6 +755,7 @@ async def _serve(agent: Agent, conf: settings.Settings, profiler: Profiler) -> i
         else None
     )
     metrics_server = agent.metrics.serve(conf.metrics_port)
+    agent.start_monitors()
     refresh = threading.Thread(target=agent.initial_refresh, name="initial-refresh", daemon=True)
     refresh.start()
     threading.Thread(target=_report_preflight, args=(agent,), name="preflight-event", daemon=True).start()
@@ -730,6 +783,8 @@ async def _serve(agent: Agent, conf: settings.Settings, profiler: Profiler) -> i
                 conf.node_name,
                 agent.queue.in_flight(),
             )
+        if agent.monitors is not None:
+            agent.monitors.stop()
         if probes is not None:
             probes.stop()
         if metrics_server is not None:

@@ -128,8 +128,9 @@ class NodeAgent(Proc):
 
 
 class Cluster:
-    def __init__(self, workdir: pathlib.Path) -> None:
+    def __init__(self, workdir: pathlib.Path, *, resync_seconds: float = 4) -> None:
         self.workdir = workdir
+        self.resync_seconds = resync_seconds
         self.kubectl_bin = kubectl_binary()
         self.real = bool(REAL_KUBECONFIG)
         self.runner: kmock_ext.EmulatorRunner | None = None
@@ -227,7 +228,7 @@ class Cluster:
             "--metrics-port",
             "0",
             "--resync-seconds",
-            "4",
+            str(self.resync_seconds),
             "--shutdown-timeout",
             "10",
         ]

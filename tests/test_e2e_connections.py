@@ -444,3 +444,36 @@ def test_leader_election_one_active_replica(kube_cluster: Cluster) -> None:
     finally:
         for p in replicas:
             p.stop()
+
+
+def test_domain_monitor_on_a_connection_through_the_agent(kube_cluster: Cluster) -> None:
+    """DomainMonitor plugs in by registration: the agent runs it on its monitor runtime."""
+    conn = uniq("dmconn")
+    mon = uniq("dm")
+    kube_cluster.apply(localfs(kube_cluster, conn))
+    kube_cluster.apply(
+        {
+            "apiVersion": "hoststorage.io/v1alpha1",
+            "kind": "DomainMonitor",
+            "metadata": {"name": mon},
+            "spec": {"target": {"connectionRef": {"name": conn}}, "intervalSeconds": 2},
+        }
+    )
+    proc = kube_cluster.kubectl(
+        "wait", "--for=condition=Ready", f"domainmonitor/{mon}", "--timeout=60s", check=False, timeout=70
+    )
+    if proc.returncode != 0:
+        debug(kube_cluster)
+        print(kube_cluster.kubectl("get", "dmon", mon, "-o", "yaml", check=False).stdout)
+    assert proc.returncode == 0, proc.stderr
+    states = kube_cluster.states(mon, kind="DomainMonitor")
+    assert sorted(states) == kube_cluster.nodes
+    # The connection is in use by the monitor: deleting both tears down the monitor first.
+    kube_cluster.kubectl("delete", "dmon", mon, "--wait=false")
+    delete(kube_cluster, conn)
+    kube_cluster.kubectl(
+        "wait", "--for=delete", f"domainmonitor/{mon}", "--timeout=60s", check=False, timeout=70
+    )
+    wait_gone(kube_cluster, conn)
+    for node in kube_cluster.nodes:
+        wait_until(lambda n=node: not {conn, mon} & set(ledger_names(kube_cluster, n)), 30, "ledger empty")
