@@ -274,7 +274,10 @@ class Controller:
             }
             self.queue.add(key, delay=RECHECK_SECONDS)
             return False
-        vanished = {n for n in self._blocking.pop(key, set()) if n not in nodes}
+        # A blocking node whose child vanished was deleted (its children go with it); the Node's own
+        # DELETED event may arrive after the child's on another watch, so do not wait for it.
+        present = {str((c.get("spec") or {}).get("nodeName")) for c in mine}
+        vanished = {n for n in self._blocking.pop(key, set()) if n not in nodes or n not in present}
         skipped = sorted(set(skipped) | vanished)
         remaining = [f for f in finalizers if f != naming.FINALIZER]
         self.api.set_parent_finalizers(kind, name, remaining, str(_meta(parent).get("resourceVersion")))
