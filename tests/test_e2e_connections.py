@@ -508,3 +508,43 @@ def test_agent_without_node_name_fails_clearly(tmp_path: Any) -> None:
     )
     assert proc.returncode == 2
     assert "NODE_NAME" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_storage_pool_on_a_connection_through_the_agent(kube_cluster: Cluster) -> None:
+    """StoragePool plugs in by registration. One node only: the simulated nodes share this host's libvirtd."""
+    node = kube_cluster.nodes[0]
+    only = {"matchLabels": {"kubernetes.io/hostname": node}}
+    conn, pool = uniq("poolconn"), uniq("pool")
+    kube_cluster.apply(localfs(kube_cluster, conn, nodeSelector=only))
+    kube_cluster.apply(
+        {
+            "apiVersion": "hoststorage.io/v1alpha1",
+            "kind": "StoragePool",
+            "metadata": {"name": pool},
+            "spec": {"nodeSelector": only, "connectionRef": {"name": conn, "path": "images"}},
+        }
+    )
+    proc = kube_cluster.kubectl(
+        "wait", "--for=condition=Ready", f"storagepool/{pool}", "--timeout=90s", check=False, timeout=100
+    )
+    if proc.returncode != 0:
+        debug(kube_cluster)
+        print(kube_cluster.kubectl("get", "spool", pool, "-o", "yaml", check=False).stdout)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(kube_cluster.states(pool, kind="StoragePool")) == [node]
+    assert kube_cluster.get("spool", pool)["status"]["readyNodes"] == "1/1"
+    kube_cluster.kubectl("delete", "spool", pool, "--wait=false")
+    delete(kube_cluster, conn)
+    kube_cluster.kubectl(
+        "wait", "--for=delete", f"storagepool/{pool}", "--timeout=60s", check=False, timeout=70
+    )
+    wait_gone(kube_cluster, conn)
+    wait_until(lambda: not {conn, pool} & set(ledger_names(kube_cluster, node)), 30, "ledger empty")
+    listed = subprocess.run(
+        ["virsh", "-c", "qemu:///system", "pool-list", "--all", "--name"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    ).stdout
+    assert pool not in listed
