@@ -115,6 +115,7 @@ class Agent:
         self.monitors: monitoring.MonitorRuntime | None = None
         """The DomainMonitor scheduler (DESIGN.md start-up step 6), when that kind is registered."""
         self._reports: set[str] = set()
+        self._unsubscribe: dict[str, Any] = {}
         self.queue = workqueue.WorkQueue(
             self.process, workers=conf.workers, name="agent", backoff_base=1.0, backoff_max=60.0
         )
@@ -240,12 +241,34 @@ class Agent:
         if self.stopping.is_set():
             return
         self.synced.set()
+        self.subscribe_host_events()
         keys = set(self.enqueue_all())
         with self._lock:
             self._initial = keys - self._done_early
             if not self._initial:
                 self.ready.set()
         log.info("node %s: initial refresh of %d objects started", self.node, len(self._initial))
+
+    def subscribe_host_events(self) -> None:
+        """Kinds whose module has ``subscribe(host, enqueue, known)`` (pools: libvirt lifecycle events and
+        reconnects) feed this queue, so a pool stopped behind our back is reconciled at once."""
+        for kind, module in self.kinds.items():
+            subscribe = getattr(module, "subscribe", None)
+            if subscribe is None or kind in self._unsubscribe:
+                continue
+
+            def enqueue(name: str, kind: str = kind) -> None:
+                self.queue.add((kind, name))
+
+            def known(kind: str = kind) -> list[str]:
+                with self._lock:
+                    names = {n for k, n in self.parents if k == kind}
+                return sorted(names | {e.name for e in self.host.ledger.entries(kind)})
+
+            try:
+                self._unsubscribe[kind] = subscribe(self.host, enqueue, known)
+            except Exception as exc:  # libvirtd down: resync still covers; the layer reconnects later
+                log.warning("node %s: no %s host events (%s); relying on resync", self.node, kind, exc)
 
     def _initial_done(self, key: Key) -> None:
         with self._lock:
@@ -337,7 +360,13 @@ class Agent:
         )
         if repaired:
             self.metrics.repairs.labels(kind).inc()
-            log.warning("%s/%s on %s: drift repaired on resync: %s", kind, name, self.node, result.message)
+            log.warning(
+                "%s/%s on %s: drift repaired (the host changed behind our back): %s",
+                kind,
+                name,
+                self.node,
+                result.message,
+            )
         elif result.changed:
             log.info("%s/%s on %s: %s: %s", kind, name, self.node, result.phase, result.message)
         outcome = (
@@ -731,7 +760,14 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
             api.close()
 
 
+def quiet_kopf(conf: settings.Settings) -> None:
+    """kopf logs every handler call at INFO; ours only enqueue, so that is noise unless debugging."""
+    if conf.log_level.upper() != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
 async def _serve(agent: Agent, conf: settings.Settings, profiler: Profiler) -> int:
+    quiet_kopf(conf)
     loop = asyncio.get_running_loop()
 
     def dump() -> None:
@@ -785,6 +821,9 @@ async def _serve(agent: Agent, conf: settings.Settings, profiler: Profiler) -> i
             )
         if agent.monitors is not None:
             agent.monitors.stop()
+        for unsubscribe in agent._unsubscribe.values():
+            with contextlib.suppress(Exception):
+                unsubscribe()
         if probes is not None:
             probes.stop()
         if metrics_server is not None:

@@ -464,6 +464,8 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
 
 
 async def _serve(ctl: Controller, conf: settings.Settings) -> int:
+    if conf.log_level.upper() != "DEBUG":
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("state dump: %s", json.dumps(ctl.dump())))
     registry = kopf.OperatorRegistry()

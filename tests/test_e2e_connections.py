@@ -533,6 +533,23 @@ def test_storage_pool_on_a_connection_through_the_agent(kube_cluster: Cluster) -
     assert proc.returncode == 0, proc.stderr
     assert sorted(kube_cluster.states(pool, kind="StoragePool")) == [node]
     assert kube_cluster.get("spool", pool)["status"]["readyNodes"] == "1/1"
+
+    def active() -> bool:
+        out = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "pool-info", pool],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        ).stdout
+        return bool(re.search(r"^State:\s+running", out, re.M))
+
+    # Stopped behind the agent's back: the libvirt event (or the resync) starts it again.
+    assert active()
+    subprocess.run(
+        ["virsh", "-c", "qemu:///system", "pool-destroy", pool], capture_output=True, check=True, timeout=30
+    )
+    wait_until(active, 30, "the pool restarted")
     kube_cluster.kubectl("delete", "spool", pool, "--wait=false")
     delete(kube_cluster, conn)
     kube_cluster.kubectl(
