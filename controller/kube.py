@@ -230,7 +230,14 @@ class Api:
         host: str = "",
         namespace: str = "default",
     ) -> None:
-        """A core/v1 Event about ``involved`` (kind, name, uid, apiVersion). Never raises."""
+        """A core/v1 Event about ``involved`` (kind, name, uid, apiVersion). Never raises.
+
+        Events about cluster-scoped objects (all of ours, and Nodes) go to ``default``: the API server
+        refuses any other namespace for them. No reportingController: that switches validation to the
+        events.k8s.io rules (eventTime, action required); ``source`` is what kubectl describe shows.
+        """
+        if not involved.get("namespace"):
+            namespace = "default"
         now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         prefix = naming.label_value(str(involved.get("name", "x")).lower())[:40].strip(".-_") or "x"
         body = {
@@ -242,8 +249,6 @@ class Api:
             "reason": reason,
             "message": message[:1024],
             "source": {"component": component, **({"host": host} if host else {})},
-            "reportingComponent": component,
-            "reportingInstance": host or component,
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,

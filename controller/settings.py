@@ -95,7 +95,8 @@ class Settings:
 
     event_namespace: str = dataclasses.field(
         default="default", metadata={"env": ("HOSTSTORAGE_EVENT_NAMESPACE", "POD_NAMESPACE")})
-    """Namespace of Events about cluster-scoped objects, and of the controller's Lease."""
+    """Namespace of the controller's Lease (``POD_NAMESPACE``). Events about our cluster-scoped objects and
+    Nodes always go to ``default``, as the API server requires."""
 
     node_gone_grace: float = 300.0
     """Controller: a node NotReady this long no longer blocks a parent's teardown finalizer."""
