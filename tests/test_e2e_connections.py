@@ -565,3 +565,80 @@ def test_storage_pool_on_a_connection_through_the_agent(kube_cluster: Cluster) -
         timeout=30,
     ).stdout
     assert pool not in listed
+
+
+def test_notready_node_past_grace_does_not_block_delete(kube_cluster: Cluster) -> None:
+    name = uniq("notready")
+    node = kube_cluster.nodes[2]
+    agent = kube_cluster.agents[node]
+    kube_cluster.apply(localfs(kube_cluster, name))
+    wait_condition(kube_cluster, name)
+    agent.stop()
+    long_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 600))
+    notready = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "Unknown",
+                    "reason": "NodeStatusUnknown",
+                    "lastTransitionTime": long_ago,
+                    "message": "kubelet stopped posting",
+                }
+            ]
+        }
+    }
+    try:
+        kube_cluster.kubectl(
+            "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(notready)
+        )
+        delete(kube_cluster, name)
+        wait_gone(kube_cluster, name)  # the controller's grace here is 20 s; this node is 10 min NotReady
+        events = json.loads(kube_cluster.kubectl("get", "events", "-A", "-o", "json").stdout)["items"]
+        assert any(
+            e["reason"] == "NodesSkipped" and node in e["message"] and e["involvedObject"]["name"] == name
+            for e in events
+        )
+    finally:
+        ready = {
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "lastTransitionTime": long_ago,
+                        "message": "",
+                    }
+                ]
+            }
+        }
+        kube_cluster.kubectl(
+            "patch", "node", node, "--subresource=status", "--type=merge", "-p", json.dumps(ready)
+        )
+        agent.start()
+        kube_cluster.wait_ready(agent)
+    wait_until(lambda: name not in ledger_names(kube_cluster, node), 30, "orphan torn down on restart")
+
+
+def test_profiling_on_demand(kube_cluster: Cluster, tmp_path: Any) -> None:
+    node = "node-prof" if kube_cluster.runner is not None else f"{kube_cluster.nodes[0][:-1]}prof"
+    if kube_cluster.runner is not None:
+        kube_cluster.runner.add_endpoint(node)
+        kube_cluster.kubeconfigs[node] = str(kube_cluster.runner.write_kubeconfig(tmp_path / "kc", node))
+    else:
+        kube_cluster.kubeconfigs[node] = kube_cluster.kubeconfigs["kubectl"]
+    kube_cluster.create_node(node)
+    agent = kube_cluster.agent(node)
+    agent.argv += ["--profile-dir", str(tmp_path / "prof")]
+    agent.start()
+    try:
+        kube_cluster.wait_ready(agent)
+        agent.signal(signal.SIGUSR1)
+        wait_until(lambda: list((tmp_path / "prof").glob("agent-*.prof")), 15, "CPU profile on SIGUSR1")
+        assert agent.stop() == 0
+        assert list((tmp_path / "prof").glob("agent-*.mem.txt"))
+    finally:
+        agent.stop()
+        del kube_cluster.agents[node]
+        kube_cluster.kubectl("delete", "node", node, "--wait=false")
