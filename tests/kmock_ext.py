@@ -658,6 +658,15 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         else:
             meta.pop("namespace", None)
             ns = None
+        # core/v1 validation: an Event about a cluster-scoped object (no eventTime) lives in default.
+        subject_ns = (obj.get("involvedObject") or {}).get("namespace")
+        legacy_event = spec.key == ("", "v1", "events") and not obj.get("eventTime")
+        if legacy_event and not subject_ns and ns not in ("", "default"):
+            raise ApiError(
+                422,
+                "Invalid",
+                'involvedObject.namespace: Invalid value: "": does not match event.namespace',
+            )
         if (spec.key, ns, name) in self.store:
             raise ApiError(409, "AlreadyExists", f'{spec.plural}.{spec.group} "{name}" already exists')
         if spec.status_subresource and spec.group not in ("", "apiextensions.k8s.io"):

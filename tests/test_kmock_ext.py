@@ -309,3 +309,18 @@ def test_crd_created_through_the_api_is_served_and_established(api: Any) -> None
     client.ok("POST", "/apis/example.com/v1/widgets", {"metadata": {"name": "w"}})
     resources = client.ok("GET", "/apis/example.com/v1")["resources"]
     assert [r["name"] for r in resources] == ["widgets"]
+
+
+def test_events_about_cluster_scoped_objects_live_in_default(api: Any) -> None:
+    client, _ = api
+    event = {
+        "metadata": {"generateName": "n."},
+        "involvedObject": {"kind": "Node", "name": "n1"},
+        "reason": "R",
+        "message": "m",
+        "type": "Normal",
+    }
+    code, err = client.call("POST", "/api/v1/namespaces/hoststorage/events", event)
+    assert code == 422 and "does not match event.namespace" in err["message"]
+    out = client.ok("POST", "/api/v1/namespaces/default/events", event)
+    assert out["metadata"]["name"].startswith("n.")
