@@ -42,7 +42,7 @@ from typing import Any
 import kopf
 
 from controller import health, kube, local, metrics, monitoring, naming, rollup, settings, workqueue
-from hostlib import errors, ledger, preflight
+from hostlib import errors, ledger, mounts, preflight
 from reconcilers import host as host_mod
 from reconcilers import status as status_mod
 
@@ -700,33 +700,33 @@ def clean_stale(host: host_mod.Host) -> list[str]:
     """Remove empty directories and dangling links under the mount base that no ledger entry owns.
 
     Leftovers of a previous run that died between mkdir and mount, or of connections deleted while the
-    agent was down; never touches anything mounted or owned (rmdir fails on a non-empty dir).
+    agent was down. Never descends into a mount point (it may be hung storage) and never touches
+    anything mounted or owned; ``rmdir`` refuses a non-empty directory.
     """
     base = host.config.mount_base
     removed: list[str] = []
     if not os.path.isdir(base):
         return removed
-    mounted = set()
-    with contextlib.suppress(OSError), open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 4:
-                mounted.add(parts[4].encode().decode("unicode_escape"))
-    for dirpath, dirnames, filenames in os.walk(base, topdown=False):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if path in mounted or host.ledger.owns_mount(path):
-                continue
-            try:
-                if os.path.islink(path):
-                    if not os.path.exists(path):
-                        os.unlink(path)
-                        removed.append(path)
-                elif os.path.isdir(path):
-                    os.rmdir(path)
+    mounted = {rec.target for rec in mounts.read_mounts()}
+    candidates: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in mounted]
+        candidates.extend(os.path.join(dirpath, d) for d in dirnames)
+        candidates.extend(os.path.join(dirpath, f) for f in filenames)
+    for path in reversed(candidates):  # deepest first, so emptied parents go too
+        if path in mounted or host.ledger.owns_mount(path):
+            continue
+        try:
+            if os.path.islink(path):
+                target = os.readlink(path)
+                if not os.path.lexists(os.path.join(os.path.dirname(path), target)):
+                    os.unlink(path)
                     removed.append(path)
-            except OSError:
-                continue
+            elif os.path.isdir(path):
+                os.rmdir(path)
+                removed.append(path)
+        except OSError:
+            continue
     for path in removed:
         log.info("removed stale leftover %s", path)
     return removed
