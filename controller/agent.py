@@ -309,6 +309,7 @@ class Agent:
             return True
         applies, why = self._applies(parent)
         start = time.monotonic()
+        retry = True
         try:
             if applies:
                 assert parent is not None
@@ -317,12 +318,15 @@ class Agent:
                 retry = self._teardown(module, key, parent, why)
         except kube.ApiError as exc:
             log.warning("%s/%s on %s: API call failed: %s", kind, name, self.node, exc)
-            retry = True
+        except Exception:
+            # A bug in a reconciler must not stall readiness or the resync of this key.
+            log.exception("%s/%s on %s: unexpected error; retrying with backoff", kind, name, self.node)
+            self.metrics.reconciles.labels(kind, "error").inc()
         finally:
             self.metrics.duration.labels(kind).observe(time.monotonic() - start)
-        self._initial_done(key)
-        if applies and not self.stopping.is_set():
-            self.queue.add(key, delay=self.conf.resync_seconds * random.uniform(0.9, 1.1))  # noqa: S311
+            self._initial_done(key)
+            if applies and not self.stopping.is_set():
+                self.queue.add(key, delay=self.conf.resync_seconds * random.uniform(0.9, 1.1))  # noqa: S311
         return retry
 
     def _reconcile(self, module: types.ModuleType, key: Key, parent: dict[str, Any]) -> bool:
