@@ -29,6 +29,9 @@ from chart_render import NAMESPACE, render
 pytestmark = pytest.mark.packaging
 
 REQUESTS_FILE = pathlib.Path(__file__).resolve().parent / "data" / "api_requests.json"
+# Every Event the components post is about a cluster-scoped object; the API server takes core/v1 Events
+# about those only in "default" (controller/kube.py post_event).
+EVENTS_NAMESPACE = "default"
 GROUP = "hoststorage.io"
 PARENTS = ("storageconnections", "storagepools", "domainmonitors")
 
@@ -55,7 +58,7 @@ def _derived() -> list[Request]:
             out += [Request(who, verb, GROUP, resource) for verb in ("list", "watch")]
         out += [Request(who, verb, "", "nodes") for verb in ("list", "watch")]
         out += [Request(who, verb, GROUP, "storagenodestates") for verb in ("list", "watch", "delete")]
-        out.append(Request(who, "create", "", "events", namespace=NAMESPACE))
+        out.append(Request(who, "create", "", "events", namespace=EVENTS_NAMESPACE))
     out.append(Request("agent", "get", "", "nodes"))
     out.append(Request("agent", "create", GROUP, "storagenodestates"))
     out.append(Request("agent", "patch", GROUP, "storagenodestates", "status"))
@@ -99,7 +102,7 @@ def load_requests() -> tuple[list[Request], list[tuple[str, str]], str]:
             continue
         namespace = str(row.get("namespace") or "")
         if row.get("namespaced") and not namespace:
-            namespace = NAMESPACE
+            namespace = EVENTS_NAMESPACE if row.get("resource") == "events" else NAMESPACE
         out.append(
             Request(
                 who=who,
@@ -115,7 +118,7 @@ def load_requests() -> tuple[list[Request], list[tuple[str, str]], str]:
 
 
 REQUESTS, NON_RESOURCE_URLS, SOURCE = load_requests()
-RECORDED_NAMESPACES = sorted({r.namespace for r in REQUESTS if r.namespace})
+RECORDED_NAMESPACES = sorted({r.namespace for r in REQUESTS if r.namespace and r.resource != "events"})
 # The recorded namespaced requests went to the agent's and controller's own namespace: install there.
 RELEASE_NAMESPACE = RECORDED_NAMESPACES[0] if len(RECORDED_NAMESPACES) == 1 else NAMESPACE
 # What Kubernetes' default system:discovery and system:public-info-viewer ClusterRoles let every
@@ -126,7 +129,8 @@ DISCOVERY_URLS = (
 )  # fmt: skip
 
 # Every grant the chart may make: (who, group, resource, verb, scope) -> why.
-# scope "cluster": through a ClusterRoleBinding; "release": a Role in the release namespace.
+# scope "cluster": through a ClusterRoleBinding; "release": a Role in the release namespace;
+# "ns:default": a Role in namespace default.
 REVIEWED: dict[tuple[str, str, str, str, str], str] = {}
 
 
@@ -146,7 +150,7 @@ _review("agent", GROUP, ["storagenodestates/status"], ("patch",), "cluster", "wr
 _review("agent", "", ["nodes"], ("get", "list", "watch"), "cluster",
         "its own Node's labels; RBAC cannot narrow a shared DaemonSet role to each pod's node")
 _review("agent", "", ["secrets"], ("get",), "release", "CHAP credentials, by name, only in its namespace")
-_review("agent", "", ["events"], ("create",), "release", "warnings, transitions, the host preflight")
+_review("agent", "", ["events"], ("create",), "ns:default", "warnings, transitions, the host preflight")
 _review("controller", GROUP, PARENTS, ("list", "watch"), "cluster", "rolls children up into parents")
 _review("controller", GROUP, PARENTS, ("patch",), "cluster", "adds and removes the teardown finalizer")
 _review("controller", GROUP, [f"{p}/status" for p in PARENTS], ("patch",), "cluster", "writes the roll-up")
@@ -155,7 +159,7 @@ _review("controller", GROUP, ["storagenodestates"], ("list", "watch", "delete"),
 _review("controller", "", ["nodes"], ("list", "watch"), "cluster", "node gone / NotReady grace")
 _review("controller", "coordination.k8s.io", ["leases"], ("get", "create", "update"), "release",
         "leader election between replicas")
-_review("controller", "", ["events"], ("create",), "release", "skipped nodes on teardown, roll-up changes")
+_review("controller", "", ["events"], ("create",), "ns:default", "skipped nodes on teardown")
 # fmt: on
 
 # Reviewed grants an e2e run may not use, and why they stay.
@@ -303,7 +307,11 @@ def test_every_reviewed_grant_is_used_or_explained(who: str) -> None:
     used = set()
     for r in REQUESTS:
         if r.who == who:
-            scope = "release" if r.namespace else "cluster"
+            scope = (
+                "cluster"
+                if not r.namespace
+                else ("release" if r.namespace == RELEASE_NAMESPACE else f"ns:{r.namespace}")
+            )
             used.add((who, r.group, r.full_resource, r.verb, scope))
     granted = _granted(rendered(), who)
     unused = sorted(g for g in granted if g not in used and g not in NOT_EXERCISED)
@@ -333,6 +341,9 @@ def test_secrets_are_readable_only_by_the_agent_in_its_namespace_and_by_name_whe
         Request("agent", "patch", "", "nodes"),
         Request("agent", "create", "", "pods", namespace=NAMESPACE),
         Request("agent", "create", "", "events", namespace="kube-system"),
+        Request("agent", "delete", "", "events", namespace=EVENTS_NAMESPACE),
+        Request("controller", "get", "", "secrets", namespace=EVENTS_NAMESPACE, name="chap"),
+        Request("agent", "get", "", "secrets", namespace=EVENTS_NAMESPACE, name="chap"),
         Request("controller", "create", GROUP, "storagenodestates"),
         Request("controller", "patch", GROUP, "storagenodestates", "status"),
         Request("controller", "delete", GROUP, "storageconnections"),
