@@ -1,0 +1,85 @@
+"""The operator docs name things that exist: chart values, metrics, links, RBAC grants.
+
+Docs drift silently; these checks make a renamed value, metric or file fail here instead of in front of
+an operator.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+from typing import Any
+
+import pytest
+import yaml
+from chart_render import render
+
+from controller import metrics
+
+pytestmark = pytest.mark.packaging
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ["install.md", "kinds.md", "gitops.md", "troubleshooting.md", "security.md"]
+TEXT = {name: (ROOT / "docs" / name).read_text() for name in DOCS}
+VALUES = yaml.safe_load((ROOT / "charts" / "hoststorage" / "values.yaml").read_text())
+
+
+def _has_value(path: str) -> bool:
+    node: Any = VALUES
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_every_chart_value_the_docs_name_exists() -> None:
+    named = set()
+    for text in TEXT.values():
+        named |= set(re.findall(r"`((?:agent|controller|metrics|rbac|image)\.[A-Za-z.]+)`", text))
+    assert named, "the docs name no chart values?"
+    missing = sorted(p for p in named if not _has_value(p.rstrip(".")))
+    assert not missing, f"docs name chart values that values.yaml does not have: {missing}"
+
+
+def test_every_metric_the_troubleshooting_guide_names_is_exported() -> None:
+    exported = (metrics.Metrics("agent").render()).decode()
+    monitoring_source = (ROOT / "controller" / "monitoring.py").read_text()
+    named = set(re.findall(r"`(hoststorage_[a-z_]+)", TEXT["troubleshooting.md"]))
+    assert len(named) >= 8
+    for name in sorted(named):
+        base = name.removesuffix("_total")
+        assert f"# TYPE {base}" in exported or f'"{base}"' in monitoring_source, name
+
+
+def test_links_in_readme_and_docs_resolve() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for target in re.findall(r"\]\((docs/[^)#]+)\)", readme):
+        assert (ROOT / target).is_file(), target
+    for name in DOCS:
+        assert f"docs/{name}" in readme, f"README.md does not link docs/{name}"
+
+
+def test_security_doc_rbac_tables_match_the_chart() -> None:
+    """Each (resource, verb) the chart grants appears in docs/security.md's table for that component."""
+    objects = render()
+    text = TEXT["security.md"]
+    tables = {
+        "agent": text.split("**Agent**", 1)[1].split("**Controller**", 1)[0],
+        "controller": text.split("**Controller**", 1)[1].split("Neither can", 1)[0],
+    }
+    for role in objects:
+        if role["kind"] not in ("ClusterRole", "Role"):
+            continue
+        who = role["metadata"]["labels"].get("app.kubernetes.io/component")
+        whos = [who] if who else ["agent", "controller"]  # the shared Events Role
+        for rule in role["rules"]:
+            for w in whos:
+                table = tables[w]
+                for resource in rule["resources"]:
+                    plain = resource.split("/")[0]
+                    assert plain in table or "parent kinds" in table, (
+                        f"{w}: {resource} missing in security.md"
+                    )
+                for verb in rule["verbs"]:
+                    assert verb in table, f"{w}: verb {verb} missing in security.md"
