@@ -259,6 +259,9 @@ def test_controller_deployment_is_unprivileged_with_its_own_service_account() ->
     assert controller["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "volumes" not in spec
     assert env_of(controller)["HOSTSTORAGE_LEADER_ELECTION"] == "false"
+    assert env_of(controller)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert controller["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert controller["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     service_accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
     assert service_accounts == {"hs-hoststorage-agent", "hs-hoststorage-controller"}
 
@@ -272,7 +275,9 @@ def _settings_env_names() -> set[str]:
 
 @pytest.mark.parametrize("values_name", sorted(VALUE_SETS))
 def test_every_environment_variable_the_chart_sets_is_one_settings_reads(values_name: str) -> None:
-    known = _settings_env_names() | {"TZ"}  # TZ comes from extraEnv in the non-default set
+    # TZ comes from extraEnv in the non-default set; POD_NAME is the controller's Lease identity
+    # (controller/cluster.py reads it directly).
+    known = _settings_env_names() | {"TZ", "POD_NAME"}
     objects = render(VALUE_SETS[values_name])
     for kind in ("DaemonSet", "Deployment"):
         for container in pod_spec(objects, kind)["containers"]:
