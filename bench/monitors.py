@@ -4,12 +4,13 @@
 
 Both designs run in this process, one after the other, on the same probe files (a directory per
 monitor on this host's disk), through the same :class:`controller.monitoring.MonitorRuntime`; only the
-check backend differs. Printed per design: checks done, CPU % of one core (user+system of this process
-and of its children — helpers and dd processes — reaped at the end of the run), CPU per check, RSS of
-this process and of the helpers, schedule jitter p50/p99 (how late each check was sent after its due
-time). Then the detection latency of a hung path: a monitor whose probe is a FIFO nobody writes to (its
-open blocks in the helper, as a read of hung storage would; the real D-state case is a SIGSTOPped
-gluster brick, in tests/test_domain_monitor_storage.py), measured from the hang until ``Read timeout``.
+check backend differs. After one interval of warm-up, measured over ``--seconds``: checks done, CPU %
+of one core (user+system of this process, of the dd children it reaped, and of the live helper
+processes from /proc), CPU per check, RSS of this process and of the helpers, schedule jitter p50/p99
+(how late each check was sent after its due time). Then the detection latency of a hung path: a
+monitor whose probe is a FIFO nobody writes to (its open blocks in the helper, as a read of hung
+storage would; the real D-state case is a SIGSTOPped gluster brick, in
+tests/test_domain_monitor_storage.py), measured from the hang until ``Read timeout``.
 Finally the status writes the runtime's report rule makes in 10 minutes of steady state, replayed
 through :func:`reconcilers.domain_monitor.report_due` with the read delays measured above.
 """
@@ -81,27 +82,37 @@ def run_design(name: str, backend: checker.CheckBackend, dirs: list[str], interv
         reports[0] += 1
 
     rt = monitoring.MonitorRuntime(backend=backend, on_report=on_report)
-    cpu0, t0 = _cpu(), time.monotonic()
     rt.start()
     for i, d in enumerate(dirs):
         req = checker.CheckRequest(target=d, path=os.path.join(d, checker.PROBE_NAME), kind="probe",
                                    create_probe=False)
         rt.set(monitoring.MonitorConfig(f"m{i:04d}", req, interval=interval, timeout=interval))
+    # Warm-up: one interval, so every monitor has started and the helper is running; then measure.
+    time.sleep(interval)
+    helper_pids = getattr(backend, "helper_pids", list)()
+    checks0 = sum(int(v["checks"]) for v in rt.snapshot().values())
+    helpers0 = sum(_proc_cpu(p) for p in helper_pids)
+    rt.jitter.clear()
+    cpu0, t0 = _cpu(), time.monotonic()
     time.sleep(seconds)
-    helper_rss = sum(_rss_kib(p) for p in getattr(backend, "helper_pids", list)())
+    helper_cpu = sum(_proc_cpu(p) for p in helper_pids) - helpers0
+    agent_cpu = _cpu() - cpu0  # this process plus its reaped children (every dd)
+    elapsed = time.monotonic() - t0
+    helper_rss = sum(_rss_kib(p) for p in helper_pids)
     agent_rss = _rss_kib()
     snap = rt.snapshot()
-    checks = sum(int(v["checks"]) for v in snap.values())
+    checks = sum(int(v["checks"]) for v in snap.values()) - checks0
     delays = [float(v["readDelay"]) for v in snap.values() if "readDelay" in v]
     jitter = monitoring.jitter_percentiles(rt.jitter)
     rt.stop()
-    elapsed, cpu = time.monotonic() - t0, _cpu() - cpu0
+    cpu = agent_cpu + helper_cpu
     healthy = sum(1 for v in snap.values() if v["state"] == "Healthy")
     out = {
         "checks": checks,
         "healthy": healthy,
         "cpu_pct": 100.0 * cpu / elapsed,
         "cpu_us_per_check": 1e6 * cpu / max(checks, 1),
+        "helper_us_per_check": 1e6 * helper_cpu / max(checks, 1),
         "agent_rss_mib": agent_rss / 1024,
         "helper_rss_mib": helper_rss / 1024,
         "jitter_p50_ms": 1000 * jitter["p50"],
@@ -110,7 +121,8 @@ def run_design(name: str, backend: checker.CheckBackend, dirs: list[str], interv
         "median_read_delay_ms": 1000 * sorted(delays)[len(delays) // 2] if delays else 0.0,
     }
     print(f"{name:>8}: {checks} checks in {elapsed:.0f} s ({healthy}/{len(dirs)} Healthy), "
-          f"CPU {out['cpu_pct']:.1f}% of one core = {out['cpu_us_per_check']:.0f} us/check, "
+          f"CPU {out['cpu_pct']:.1f}% of one core = {out['cpu_us_per_check']:.0f} us/check "
+          f"(helpers {out['helper_us_per_check']:.0f}), "
           f"RSS agent {out['agent_rss_mib']:.0f} MiB + helpers {out['helper_rss_mib']:.0f} MiB, "
           f"jitter p50 {out['jitter_p50_ms']:.2f} ms p99 {out['jitter_p99_ms']:.2f} ms, "
           f"median read delay {out['median_read_delay_ms']:.3f} ms", flush=True)

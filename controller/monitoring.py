@@ -45,7 +45,8 @@ ReportCallback = Callable[[str, dmon.MonitorStatus, bool], None]
 MAX_WAIT = 1.0
 JITTER_SAMPLES = 100_000
 START_SPREAD = 10.0
-SLOT = 0.1
+SLOT = 0.5
+TICK_SLACK = 0.05
 READ_DELAY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -272,8 +273,10 @@ class MonitorRuntime:
             # Spread new monitors over the first interval in slots: a thousand added at once (start-up)
             # must not fire in one burst every interval forever after, and the monitors of one slot go
             # to the helper in one write.
+            # Slots sit on a fixed grid of the clock, so monitors added at different moments still share
+            # them (whole-second intervals keep them there).
             slots = max(1, int(min(config.interval, START_SPREAD) / SLOT))
-            first = now + SLOT * (zlib.crc32(config.name.encode()) % slots)
+            first = math.ceil(now / SLOT) * SLOT + SLOT * (zlib.crc32(config.name.encode()) % slots)
         m.next_tick = first
         self._push(first, m, "tick")
 
@@ -302,12 +305,15 @@ class MonitorRuntime:
             if self._backend.submit(m.config.name, m.request, timeout=m.config.timeout):
                 self.jitter.append(now - due)
                 m.sent_at, m.timed_out = now, False
-                self._push(now + m.config.timeout, m, "deadline")
+                if m.config.timeout < m.config.interval:
+                    self._push(now + m.config.timeout, m, "deadline")
+                # Else the next tick is the deadline: one wake-up per slot instead of two.
             else:
                 log.warning("DomainMonitor/%s: check refused (helpers exhausted)", m.config.name)
             return
         elapsed = now - sent
-        if elapsed < m.config.timeout:
+        # The check was sent a little after its tick was due; at the tick one timeout later it counts.
+        if elapsed < m.config.timeout - TICK_SLACK:
             return
         kind = dmon.OutcomeKind.BLOCKED if m.timed_out else dmon.OutcomeKind.TIMEOUT
         if kind is dmon.OutcomeKind.BLOCKED:

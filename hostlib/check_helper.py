@@ -35,6 +35,7 @@ import select
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 BLOCK = 4096
@@ -48,6 +49,8 @@ MAX_IDLE_WORKERS = 4
 MIN_WORKERS = 2
 # A worker busy this long may be stuck on storage: queued work gets a new worker.
 STUCK_AFTER = 0.05
+# Longest an answer waits to be batched with others (see _answer).
+HOLD_MAX = 0.02
 # Past this many busy (stuck) workers the helper refuses work; the agent retires it long before.
 MAX_WORKERS = 512
 
@@ -247,26 +250,56 @@ def remove(req: dict[str, Any]) -> dict[str, Any]:
     try:
         os.unlink(real)
     except FileNotFoundError:
-        return {"removed": False}
+        return {"kind": "absent"}
     except OSError as exc:
         raise _oserror("remove", path, exc) from exc
-    return {"removed": True}
+    return {"kind": "removed"}
 
 
-def _answer(out_fd: int, msg: dict[str, Any]) -> None:
+_outbox: list[bytes] = []
+_outbox_since = 0.0
+
+
+def _answer(out_fd: int, msg: dict[str, Any], *, hold: bool = False) -> None:
+    """Send an answer. ``hold``: more requests are queued, so batch it with their answers.
+
+    Checks due at the same moment arrive together; answering them in one write wakes the agent once
+    instead of once per check (on a VM each wake-up costs more CPU than a check). A held answer waits
+    at most HOLD_MAX: the next finished check or the main loop's tick flushes it, even if the worker
+    that held it is now stuck on storage.
+    """
+    global _outbox_since  # noqa: PLW0603 - one outbox per helper process
     data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
     with _write_lock:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(out_fd, view)
-            except BrokenPipeError:
-                # The agent abandoned us and closed its end; nobody wants this answer.
-                return
-            view = view[n:]
+        now = time.monotonic()
+        if not _outbox:
+            _outbox_since = now
+        _outbox.append(data)
+        if hold and now - _outbox_since < HOLD_MAX:
+            return
+        _flush_locked(out_fd)
 
 
-def _run(out_fd: int, req: dict[str, Any]) -> None:
+def flush_answers(out_fd: int) -> None:
+    with _write_lock:
+        _flush_locked(out_fd)
+
+
+def _flush_locked(out_fd: int) -> None:
+    if not _outbox:
+        return
+    view = memoryview(b"".join(_outbox))
+    _outbox.clear()
+    while view:
+        try:
+            n = os.write(out_fd, view)
+        except BrokenPipeError:
+            # The agent abandoned us and closed its end; nobody wants these answers.
+            return
+        view = view[n:]
+
+
+def _run(out_fd: int, req: dict[str, Any], *, more: Callable[[], bool] = lambda: False) -> None:
     rid = req.get("id")
     try:
         op = req.get("op")
@@ -283,7 +316,7 @@ def _run(out_fd: int, req: dict[str, Any]) -> None:
         msg = {"id": rid, "ok": False, "stage": exc.stage, "error": exc.message, "errno": exc.errno}
     except Exception as exc:  # a helper bug must become an answer, not a hang
         msg = {"id": rid, "ok": False, "stage": "internal", "error": f"{type(exc).__name__}: {exc}"}
-    _answer(out_fd, msg)
+    _answer(out_fd, msg, hold=more())
 
 
 class _Pool:
@@ -302,6 +335,9 @@ class _Pool:
         self.idle = 0
         self.busy: dict[int, float] = {}
         self.workers: list[threading.Thread] = []
+
+    def more(self) -> bool:
+        return not self.queue.empty()
 
     def submit(self, req: dict[str, Any]) -> None:
         self.queue.put(req)
@@ -343,7 +379,7 @@ class _Pool:
                 with self.lock:
                     del self.busy[me]
                 return
-            _run(self.out_fd, req)
+            _run(self.out_fd, req, more=self.more)
             with self.lock:
                 del self.busy[me]
                 if self.idle >= MAX_IDLE_WORKERS:
@@ -366,9 +402,12 @@ def main() -> int:
     pool = _Pool(out_fd)
     buffer = b""
     while True:
-        # Wake up periodically only while work waits for a worker (to notice stuck ones); else sleep.
-        ready, _, _ = select.select([in_fd], [], [], None if pool.queue.empty() else STUCK_AFTER)
+        # Wake up periodically only while work waits for a worker (to notice stuck ones) or answers
+        # wait in the outbox; else sleep.
+        idle = pool.queue.empty() and not _outbox
+        ready, _, _ = select.select([in_fd], [], [], None if idle else HOLD_MAX)
         if not ready:
+            flush_answers(out_fd)
             pool.grow()
             continue
         chunk = os.read(in_fd, 1 << 16)

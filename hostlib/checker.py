@@ -339,7 +339,7 @@ class Checker:
                     return result
 
     def remove_probe(self, root: str, path: str, *, timeout: float) -> bool | None:
-        """Unlink a probe file through a helper; None when the storage did not answer in time."""
+        """Unlink a probe file through a helper: True removed, False absent or refused, None no answer."""
         helper = self._helper_for_work(self._clock())
         if helper is None:
             return None
@@ -355,7 +355,9 @@ class Checker:
         while (remaining := deadline - self._clock()) > 0:
             for k, result in self.wait(remaining):
                 if k == key:
-                    return result.ok
+                    if not result.ok:
+                        log.warning("cannot remove probe file %s: %s", path, result.error)
+                    return result.ok and result.kind == "removed"
         self.forget(key)
         return None
 
