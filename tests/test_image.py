@@ -7,8 +7,9 @@ isolation, which needs no nested container runtime. Inside the image, through ``
 dependencies import without warnings (libvirt from Debian's python3-libvirt), and every host tool
 the agent's preflight looks for is on PATH.
 
-Measured on the 2-core CI machine: first run about 3.5 minutes (debootstrap about 1 minute, apt in
-the build about 1.5 minutes), later runs with only source changes 40-70 seconds. The tagged image
+Measured on the 2-core CI machine, the whole file: 2-3.5 minutes from nothing (debootstrap 0.5-1
+minute, the rest mostly apt and pip in the build; mirror speed varies), 40-70 seconds when only
+sources changed. The tagged image
 localhost/hoststorage:ci-test stays so the next run reuses its layers; every working container this
 test creates is removed, also on failure.
 """
