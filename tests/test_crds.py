@@ -150,6 +150,28 @@ def test_schema_is_structural(kind: str) -> None:
             assert all(isinstance(v, str) for v in node["enum"]), where
 
 
+@pytest.mark.parametrize("kind", sorted(CRDS))
+def test_cel_rules_have_bounded_inputs(kind: str) -> None:
+    """The API server estimates each rule's cost from maxLength / maxItems and refuses the CRD when a
+    rule on an unbounded string or inside an unbounded list could exceed the budget; keep them bounded."""
+
+    def visit(node: dict[str, Any], path: str, unbounded_list: str | None) -> None:
+        rules = [r["rule"] for r in node.get("x-kubernetes-validations", []) or []]
+        if rules:
+            assert unbounded_list is None, (
+                f"{kind}{path}: rules inside {unbounded_list}, which has no maxItems"
+            )
+            if node.get("type") == "string" and "enum" not in node:
+                assert "maxLength" in node, f"{kind}{path}: a rule on a string without maxLength"
+        for name, child in (node.get("properties") or {}).items():
+            visit(child, f"{path}.{name}", unbounded_list)
+        if isinstance(node.get("items"), dict):
+            bounded = "maxItems" in node
+            visit(node["items"], f"{path}[]", unbounded_list if bounded else (unbounded_list or path))
+
+    visit(schema_of(kind), "", None)
+
+
 # ---- admission: defaults, OpenAPI schema, CEL
 
 
