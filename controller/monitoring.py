@@ -403,7 +403,8 @@ def ensure(runtime: MonitorRuntime, spec: dmon.Spec, host: Any) -> status_mod.No
         request = dataclasses.replace(request, path=recorded, kind="probe")
     runtime.set(MonitorConfig.from_spec(spec, request))
     current = runtime.status(spec.name) or dmon.MonitorStatus()
-    return dmon.result_for_status(spec, current)
+    # The runtime keeps checking on its own schedule: an Invalid domain is not a reason to retry here.
+    return dataclasses.replace(dmon.result_for_status(spec, current), retry=False)
 
 
 def record_probe(host: Any, spec: dmon.Spec, status: dmon.MonitorStatus) -> None:
