@@ -248,6 +248,7 @@ def test_controller_deployment_is_unprivileged_with_its_own_service_account() ->
     objects = render()
     deployment = find(objects, "Deployment", "-controller")
     assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}  # no election with one replica
     spec = deployment["spec"]["template"]["spec"]
     assert spec["serviceAccountName"] == pod_spec(objects, "Deployment")["serviceAccountName"]
     assert spec["serviceAccountName"] != pod_spec(objects, "DaemonSet")["serviceAccountName"]
