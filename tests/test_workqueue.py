@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -110,7 +111,7 @@ def test_retry_backs_off_then_resets(queues: list[workqueue.WorkQueue]) -> None:
     queues.append(q)
     q.add("k")
     wait_for(lambda: len(times) == 4 and q.idle())
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[0] >= 0.045 and gaps[1] >= 0.095 and gaps[2] >= 0.145
     assert gaps[2] < 0.5  # capped
     assert q.failures("k") == 0
