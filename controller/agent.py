@@ -58,6 +58,9 @@ MONITOR_KIND = "DomainMonitor"
 DETACHED = "Detached"
 DETACHING = "Detaching"
 TEARDOWN_FAILED = "TeardownFailed"
+MAX_REASON = 64
+MAX_MESSAGE = 2048
+"""Within crds/storagenodestate.yaml's maxLength for condition reason and message."""
 
 
 StartupError = kube.StartupError
@@ -65,6 +68,15 @@ StartupError = kube.StartupError
 
 def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return (obj or {}).get("metadata") or {}
+
+
+def _bounded(cond: Mapping[str, Any]) -> dict[str, str]:
+    """A condition within the StorageNodeState schema's limits (the API server refuses longer ones,
+    and a status write that can never succeed would be retried forever)."""
+    out = {k: str(v) for k, v in cond.items()}
+    out["reason"] = out.get("reason", "")[:MAX_REASON] or "Unknown"
+    out["message"] = out.get("message", "")[:MAX_MESSAGE]
+    return out
 
 
 def _same_state(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
@@ -504,7 +516,7 @@ class Agent:
         desired = dict(block)
         desired["conditions"] = rollup.merge_conditions(
             old_status.get("conditions") or [],
-            list(block.get("conditions") or []),
+            [_bounded(c) for c in block.get("conditions") or []],
             datetime.datetime.now(tz=datetime.UTC),
         )
         if current is not None and old_status == desired:
