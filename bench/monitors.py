@@ -87,12 +87,14 @@ def run_design(name: str, backend: checker.CheckBackend, dirs: list[str], interv
         req = checker.CheckRequest(target=d, path=os.path.join(d, checker.PROBE_NAME), kind="probe",
                                    create_probe=False)
         rt.set(monitoring.MonitorConfig(f"m{i:04d}", req, interval=interval, timeout=interval))
-    # Warm-up: one interval, so every monitor has started and the helper is running; then measure.
-    time.sleep(interval)
+    # Warm-up: a little over one interval, so every monitor has had its first result (its first status
+    # write) and the helper is running; then measure.
+    time.sleep(interval * 1.2 + 1)
     helper_pids = getattr(backend, "helper_pids", list)()
     checks0 = sum(int(v["checks"]) for v in rt.snapshot().values())
     helpers0 = sum(_proc_cpu(p) for p in helper_pids)
     rt.jitter.clear()
+    reports[0] = 0
     cpu0, t0 = _cpu(), time.monotonic()
     time.sleep(seconds)
     helper_cpu = sum(_proc_cpu(p) for p in helper_pids) - helpers0
@@ -125,7 +127,8 @@ def run_design(name: str, backend: checker.CheckBackend, dirs: list[str], interv
           f"(helpers {out['helper_us_per_check']:.0f}), "
           f"RSS agent {out['agent_rss_mib']:.0f} MiB + helpers {out['helper_rss_mib']:.0f} MiB, "
           f"jitter p50 {out['jitter_p50_ms']:.2f} ms p99 {out['jitter_p99_ms']:.2f} ms, "
-          f"median read delay {out['median_read_delay_ms']:.3f} ms", flush=True)
+          f"median read delay {out['median_read_delay_ms']:.3f} ms, "
+          f"{out['reports']} status writes due in the window", flush=True)
     out["_delays"] = delays  # type: ignore[assignment]
     return out
 

@@ -266,7 +266,7 @@ class MonitorRuntime:
                 return
         with self._lock:
             self._monitors[config.name] = m
-        first = now
+        first = math.ceil(now / SLOT) * SLOT  # an update checks at the next slot
         m.children = old.children if old is not None else self.metrics.children(config.name)
         if old is None:
             m.children[1].set(math.nan)
@@ -276,7 +276,7 @@ class MonitorRuntime:
             # Slots sit on a fixed grid of the clock, so monitors added at different moments still share
             # them (whole-second intervals keep them there).
             slots = max(1, int(min(config.interval, START_SPREAD) / SLOT))
-            first = math.ceil(now / SLOT) * SLOT + SLOT * (zlib.crc32(config.name.encode()) % slots)
+            first += SLOT * (zlib.crc32(config.name.encode()) % slots)
         m.next_tick = first
         self._push(first, m, "tick")
 
