@@ -383,8 +383,12 @@ class Agent:
                 self.node,
                 result.message,
             )
+            self._event(parent, "Warning", "DriftRepaired", f"{self.node}: {result.message}")
         elif result.changed:
             log.info("%s/%s on %s: %s: %s", kind, name, self.node, result.phase, result.message)
+        if result.phase == "Failed" and (previous is None or previous.get("reason") != result.reason):
+            # Transitions only: a failure that persists is in status, not re-announced every resync.
+            self._event(parent, "Warning", result.reason, f"{self.node}: {result.message}")
         outcome = (
             "ok"
             if result.ready
@@ -477,8 +481,28 @@ class Agent:
         generation = _meta(parent).get("generation")
         if generation is not None:
             block["observedGeneration"] = generation
+        was = ((current or {}).get("status") or {}).get("phase")
+        if block["phase"] == TEARDOWN_FAILED and was != TEARDOWN_FAILED:
+            message = next((c.get("message", "") for c in block.get("conditions") or []), "")
+            self._event(parent, "Warning", "TeardownFailed", f"{self.node}: {message}")
         self.write_state(kind, name, parent, block)
         return retry
+
+    def _event(self, parent: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
+        meta = _meta(parent)
+        self.api.post_event(
+            involved={
+                "apiVersion": naming.API_VERSION,
+                "kind": str(parent.get("kind")),
+                "name": str(meta.get("name")),
+                "uid": str(meta.get("uid")),
+            },
+            event_type=event_type,
+            reason=reason,
+            message=message,
+            component=COMPONENT,
+            host=self.node,
+        )
 
     def _update_ready_gauge(self) -> None:
         counts = dict.fromkeys(self.kinds, 0)
@@ -604,6 +628,7 @@ class Agent:
             "queue": self.queue.dump(),
             "last": {f"{k}/{n}": v for (k, n), v in sorted(self.last.items())},
             "ledger": [f"{e.kind}/{e.name}" for e in self.host.ledger.entries()],
+            "monitors": self.monitors.snapshot() if self.monitors is not None else {},
         }
 
 

@@ -266,6 +266,13 @@ def test_bad_spec_is_invalid_on_every_node_and_host_untouched(kube_cluster: Clus
         for n, a in kube_cluster.agents.items()
     }
     assert after == before
+    events = json.loads(kube_cluster.kubectl("get", "events", "-A", "-o", "json").stdout)["items"]
+    warned = {
+        e["source"].get("host")
+        for e in events
+        if e["involvedObject"]["name"] == name and e["reason"] == "InvalidSpec" and e["type"] == "Warning"
+    }
+    assert warned == set(kube_cluster.nodes)
     delete(kube_cluster, name)
     wait_gone(kube_cluster, name)
 
@@ -302,6 +309,8 @@ def test_drift_is_repaired_and_counted(kube_cluster: Cluster, loop_device: Any) 
     wait_until(lambda: mounts_of(kube_cluster, node, dev) == [target], 30, "the mount restored by resync")
     wait_until(lambda: repairs() >= before + 1, 10, "the repair counted")
     assert "drift repaired" in agent.log_text()
+    events = json.loads(kube_cluster.kubectl("get", "events", "-A", "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "DriftRepaired" and e["involvedObject"]["name"] == name for e in events)
     delete(kube_cluster, name)
     wait_gone(kube_cluster, name)
 
