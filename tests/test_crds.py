@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import re
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -519,6 +520,28 @@ def test_updates_honour_transition_rules(
         assert failures == []
     else:
         assert any(message in m for m in failures), f"expected {message!r}, got {failures}"
+
+
+def _example_objects() -> list[Any]:
+    """The objects of examples/*.yaml and of the yaml blocks in docs/kinds.md."""
+    sources = [(p.name, p.read_text()) for p in sorted((ROOT / "examples").glob("*.yaml"))]
+    kinds_doc = (ROOT / "docs" / "kinds.md").read_text()
+    sources += [
+        (f"kinds.md#{i}", block) for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", kinds_doc, re.S))
+    ]
+    out = []
+    for name, text in sources:
+        for number, doc in enumerate(yaml.safe_load_all(text)):
+            if isinstance(doc, dict) and doc.get("kind") in CRDS:
+                out.append(pytest.param(doc, id=f"{name}-{number}-{doc['kind']}"))
+    return out
+
+
+@pytest.mark.parametrize("obj", _example_objects())
+def test_examples_are_admitted(obj: dict[str, Any]) -> None:
+    """What examples/ shows users is accepted by the API server as the CRDs stand."""
+    assert obj["apiVersion"] == f"{GROUP}/v1alpha1"
+    assert admit(obj["kind"], obj.get("spec") or {}) == []
 
 
 def test_kubernetes_cel_library_shim_matches_kubernetes() -> None:
