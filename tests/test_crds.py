@@ -29,6 +29,8 @@ import pytest
 import yaml
 from celpy import celtypes
 
+from controller import local
+
 pytestmark = pytest.mark.packaging
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -539,9 +541,12 @@ def _example_objects() -> list[Any]:
 
 @pytest.mark.parametrize("obj", _example_objects())
 def test_examples_are_admitted(obj: dict[str, Any]) -> None:
-    """What examples/ shows users is accepted by the API server as the CRDs stand."""
+    """What examples/ and the docs show users is accepted by the API server and by the agent's parser."""
     assert obj["apiVersion"] == f"{GROUP}/v1alpha1"
     assert admit(obj["kind"], obj.get("spec") or {}) == []
+    modules = {m.KIND: m for m in local.KINDS}
+    if obj["kind"] in modules:
+        modules[obj["kind"]].parse(obj)  # raises InvalidSpec naming the field
 
 
 def test_kubernetes_cel_library_shim_matches_kubernetes() -> None:
