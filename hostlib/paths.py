@@ -16,7 +16,7 @@ import ipaddress
 import os
 import re
 
-from hostlib import errors
+from hostlib import commands, errors
 
 MAX_NAME = 253
 MAX_PATH = 1024
@@ -194,3 +194,34 @@ def confine(root: str, relative: str, *, field: str | None = None) -> str:
     """``root/relative`` resolved, refused if it escapes ``root`` (by '..', an absolute part or a link)."""
     rel = validate_relative_path(relative, field=field)
     return ensure_under(root, os.path.join(root, rel), field=field)
+
+
+def confine_on_storage(
+    root: str,
+    relative: str,
+    *,
+    runner: commands.RunnerProtocol,
+    timeout: float = 10.0,
+    field: str | None = None,
+) -> str:
+    """:func:`confine` for a ``root`` that is a mount of possibly-hung storage.
+
+    Resolving symlinks below a mount stats the storage; a dead NFS or a stopped gluster brick would put
+    the calling thread in uninterruptible sleep. So the resolution runs in a ``realpath`` child that the
+    runner kills (or abandons) after ``timeout``; the agent thread only waits for a pipe. ``root`` itself
+    is not resolved: it is a mount point hoststorage derived and confined when it made it.
+    """
+    rel = validate_relative_path(relative, field=field)
+    joined = os.path.join(root, rel)
+    try:
+        result = runner(["realpath", "--canonicalize-missing", "--", joined], timeout=timeout)
+    except commands.CommandError as exc:
+        if exc.timed_out:
+            raise errors.Timeout(
+                f"resolving {joined!r} took over {timeout:g}s: the storage does not answer"
+            ) from None
+        raise
+    real = result.stdout.strip()
+    if not is_under(root, real):
+        raise errors.InvalidSpec(f"{relative!r} resolves to {real!r}, outside {root!r}", field=field)
+    return real

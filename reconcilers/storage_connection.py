@@ -845,6 +845,12 @@ def resolve(host: host_mod.Host, name: str, sub_path: str | None = None) -> str 
             )
         return str(observed.target)
     root = str(observed.target)
+    if spec.type == "localfs":
+        # A link in the mount base to a local directory: resolving it touches no remote storage.
+        root = os.path.realpath(root)
+        return paths.confine(root, sub_path, field="path") if sub_path else root
+    # Never stat the mount point itself: on hung storage that blocks this thread in D state.
+    root = os.path.join(os.path.realpath(os.path.dirname(root)), os.path.basename(root))
     if not sub_path:
-        return os.path.realpath(root)
-    return paths.confine(root, sub_path, field="path")
+        return root
+    return paths.confine_on_storage(root, sub_path, runner=host.config.runner, field="path")

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from hostlib import errors, paths
+from hostlib import commands, errors, paths
 
 
 @pytest.mark.parametrize(
@@ -219,3 +219,24 @@ def test_ensure_under_follows_symlinks_both_ways(tmp_path: pathlib.Path) -> None
 )
 def test_is_under(root: str, path: str, inside: bool) -> None:
     assert paths.is_under(root, path) is inside
+
+
+def test_confine_on_storage_resolves_in_a_child_and_refuses_link_escapes(tmp_path: pathlib.Path) -> None:
+    root = tmp_path / "mnt"
+    (root / "images").mkdir(parents=True)
+    os.symlink("/etc", root / "escape")
+    runner = commands.Runner()
+    assert paths.confine_on_storage(str(root), "images", runner=runner) == str(root / "images")
+    assert paths.confine_on_storage(str(root), "new/dir", runner=runner) == str(root / "new" / "dir")
+    with pytest.raises(errors.InvalidSpec, match="outside"):
+        paths.confine_on_storage(str(root), "escape/passwd", runner=runner, field="path")
+    with pytest.raises(errors.InvalidSpec, match=r"'\.\.'"):
+        paths.confine_on_storage(str(root), "../x", runner=runner)
+
+
+def test_confine_on_storage_reports_hung_storage_as_a_timeout() -> None:
+    def hung(argv: object, *, timeout: float, **_: object) -> commands.Result:
+        raise commands.CommandError(["realpath"], None, "", timed_out=True)
+
+    with pytest.raises(errors.Timeout, match="does not answer"):
+        paths.confine_on_storage("/mnt/x", "a", runner=hung)  # type: ignore[arg-type]
