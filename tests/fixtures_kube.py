@@ -133,6 +133,9 @@ class Cluster:
         self.resync_seconds = resync_seconds
         self.kubectl_bin = kubectl_binary()
         self.real = bool(REAL_KUBECONFIG)
+        # The emulator serves no OpenAPI document; HOSTSTORAGE_E2E_NO_VALIDATE rehearses the real-cluster
+        # mode against an emulator started by hand.
+        self.validate = self.real and not os.environ.get("HOSTSTORAGE_E2E_NO_VALIDATE")
         self.runner: kmock_ext.EmulatorRunner | None = None
         self.emulator: kmock_ext.ApiServerEmulator | None = None
         prefix = f"hs-e2e-{secrets.token_hex(3)}-" if self.real else "node-"
@@ -157,7 +160,7 @@ class Cluster:
         self, *args: str, check: bool = True, timeout: float = 60, input_text: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         argv = [self.kubectl_bin, "--kubeconfig", self.kubeconfigs["kubectl"], *args]
-        if not self.real and args and args[0] == "apply":
+        if not self.validate and args and args[0] == "apply":
             # The emulator serves no OpenAPI schema; the API server validates on a real cluster.
             argv.insert(4, "--validate=false")
         proc = subprocess.run(
