@@ -387,14 +387,22 @@ class _Pool:
                 self.idle += 1
 
     def close(self) -> None:
+        # Requests still queued get workers even now: the main loop that grew the pool has ended.
+        while not self.queue.empty():
+            self.grow()
+            flush_answers(self.out_fd)
+            time.sleep(HOLD_MAX)
         with self.lock:
             workers = list(self.workers)
         for _ in workers:
             self.queue.put(None)
-        # Let running checks answer (a stuck one keeps this process, not the agent, waiting until its
-        # storage returns).
+        # Let running checks answer, flushing answers held for batching (the queued sentinels make
+        # workers hold them). A stuck check keeps this process, not the agent, waiting for its storage.
         for t in workers:
-            t.join()
+            while t.is_alive():
+                t.join(HOLD_MAX)
+                flush_answers(self.out_fd)
+        flush_answers(self.out_fd)
 
 
 def main() -> int:

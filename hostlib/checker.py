@@ -206,8 +206,8 @@ class _Helper:
         """request id -> (key, sent at, deadline)."""
         self.retired = False
         self.eof = False
-        self.outbox: list[bytes] = []
-        """Requests not yet written: checks due at the same moment go to the helper in one write."""
+        self.outbox: list[tuple[int, bytes]] = []
+        """(request id, line) not yet written: checks due at the same moment go out in one write."""
         self._stuck_at = 0.0
         self._stuck = 0
 
@@ -218,7 +218,7 @@ class _Helper:
     def flush(self) -> None:
         if not self.outbox:
             return
-        data, self.outbox = b"".join(self.outbox), []
+        data, self.outbox = b"".join(line for _, line in self.outbox), []
         # The helper's main thread never touches storage and reads continuously: this does not block.
         view = memoryview(data)
         while view:
@@ -283,7 +283,7 @@ class Checker:
             return False
         self._next_id += 1
         rid = self._next_id
-        helper.outbox.append(request.wire_line(rid))
+        helper.outbox.append((rid, request.wire_line(rid)))
         helper.pending[rid] = (key, now, now + timeout)
         self._keys[key] = (helper, rid)
         return True
@@ -348,7 +348,7 @@ class Checker:
         key = ("remove", rid)
         line = json.dumps({"id": rid, "op": "remove", "root": root, "path": path}) + "\n"
         now = self._clock()
-        helper.outbox.append(line.encode())
+        helper.outbox.append((rid, line.encode()))
         helper.pending[rid] = (key, now, now + timeout)
         self._keys[key] = (helper, rid)
         deadline = now + timeout
@@ -409,19 +409,49 @@ class Checker:
         if cur is not None and cur.stuck(now) >= self._max_stuck:
             log.warning("check helper pid %s holds %d stuck checks; moving new checks to a fresh helper",
                         cur.pid, cur.stuck(now))
-            cur.retire()
-            cur = None
+            old, unsent = cur, cur.outbox
+            old.outbox = []
+            old.retire()
+            cur = self._fresh_helper()
+            self._rehome(unsent, old, cur)
+            return cur
         if cur is None:
-            retired = sum(1 for h in self._helpers.values() if h.retired)
-            if retired >= self._max_retired:
-                log.error("%d retired check helpers still hold stuck checks; refusing new work", retired)
-                return None
-            cur = _Helper(self._argv, self._env)
-            self.started_helpers += 1
-            self._helpers[cur.stdout_fd] = cur
-            self._sel.register(cur.stdout_fd, selectors.EVENT_READ)
-            self._current = cur
+            cur = self._fresh_helper()
         return cur
+
+    def _fresh_helper(self) -> _Helper | None:
+        self._current = None
+        retired = sum(1 for h in self._helpers.values() if h.retired)
+        if retired >= self._max_retired:
+            log.error("%d retired check helpers still hold stuck checks; refusing new work", retired)
+            return None
+        cur = _Helper(self._argv, self._env)
+        self.started_helpers += 1
+        self._helpers[cur.stdout_fd] = cur
+        self._sel.register(cur.stdout_fd, selectors.EVENT_READ)
+        self._current = cur
+        return cur
+
+    def _rehome(self, unsent: list[tuple[int, bytes]], old: _Helper, new: _Helper | None) -> None:
+        """Requests queued for a helper that was just retired and never sent to it.
+
+        A retired helper gets no more requests (its stdin closes, its workers may all be stuck), so
+        these go to ``new`` under the same ids; with no helper to take them, their keys are freed and
+        the next tick checks again. Without this a path queued at the wrong moment waits forever.
+        """
+        for rid, line in unsent:
+            entry = old.pending.pop(rid, None)
+            if entry is None:
+                continue
+            key = entry[0]
+            if new is None:
+                if self._keys.get(key) == (old, rid):
+                    del self._keys[key]
+                continue
+            new.outbox.append((rid, line))
+            new.pending[rid] = entry
+            if self._keys.get(key) == (old, rid):
+                self._keys[key] = (new, rid)
 
     def _flush(self) -> None:
         for helper in list(self._helpers.values()):
