@@ -55,6 +55,8 @@ USER_ERRORS = (kube.StartupError,)
 
 COMPONENT = "hoststorage-agent"
 MONITOR_KIND = "DomainMonitor"
+MONITOR_STATES = ("Healthy", "Degraded", "Invalid")
+"""Monitor states that are news when a monitor enters them (Unknown/Pending are not)."""
 DETACHED = "Detached"
 DETACHING = "Detaching"
 TEARDOWN_FAILED = "TeardownFailed"
@@ -389,6 +391,8 @@ class Agent:
         if result.phase == "Failed" and (previous is None or previous.get("reason") != result.reason):
             # Transitions only: a failure that persists is in status, not re-announced every resync.
             self._event(parent, "Warning", result.reason, f"{self.node}: {result.message}")
+        if kind == MONITOR_KIND:
+            self._monitor_event(parent, previous, result)
         outcome = (
             "ok"
             if result.ready
@@ -487,6 +491,24 @@ class Agent:
             self._event(parent, "Warning", "TeardownFailed", f"{self.node}: {message}")
         self.write_state(kind, name, parent, block)
         return retry
+
+    def _monitor_event(
+        self, parent: Mapping[str, Any], previous: Mapping[str, Any] | None, result: status_mod.NodeResult
+    ) -> None:
+        """An Event on every Healthy/Degraded/Invalid transition of a domain monitor on this node.
+
+        The first Healthy after start-up (from Unknown or Pending) is not news: 1,000 monitors would
+        post 1,000 Events on every agent restart. Going Degraded or Invalid always is, and so is the
+        recovery to Healthy from either.
+        """
+        new = result.phase
+        old = previous.get("phase") if previous else None
+        if new == old or new not in MONITOR_STATES:
+            return
+        if new == "Healthy" and old not in ("Degraded", "Invalid"):
+            return
+        event_type = "Normal" if new == "Healthy" else "Warning"
+        self._event(parent, event_type, new, f"{self.node}: {result.reason}: {result.message}")
 
     def _event(self, parent: Mapping[str, Any], event_type: str, reason: str, message: str) -> None:
         meta = _meta(parent)

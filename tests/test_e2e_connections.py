@@ -485,6 +485,22 @@ def test_domain_monitor_on_a_connection_through_the_agent(kube_cluster: Cluster)
     assert proc.returncode == 0, proc.stderr
     states = kube_cluster.states(mon, kind="DomainMonitor")
     assert sorted(states) == kube_cluster.nodes
+    # The storage loses the probe files behind the agents' backs: every node goes Invalid and says so
+    # in a Warning Event (a transition), while the monitor stays served.
+    for st in states.values():
+        probe = st["status"]["monitor"]["path"]
+        if os.path.exists(probe):
+            os.unlink(probe)
+
+    def invalid_events() -> set[str]:
+        items = json.loads(kube_cluster.kubectl("get", "events", "-A", "-o", "json").stdout)["items"]
+        return {
+            e["message"].split(":", 1)[0]
+            for e in items
+            if e["involvedObject"]["name"] == mon and e["reason"] == "Invalid" and e["type"] == "Warning"
+        }
+
+    wait_until(lambda: invalid_events() == set(kube_cluster.nodes), 30, "an Invalid Event from every node")
     # The connection is in use by the monitor: deleting both tears down the monitor first.
     kube_cluster.kubectl("delete", "dmon", mon, "--wait=false")
     delete(kube_cluster, conn)
