@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import copy
 import cProfile
@@ -755,8 +756,41 @@ def _register_handlers(registry: kopf.OperatorRegistry, agent: Agent) -> None:
     )
 
 
-def build_host(conf: settings.Settings) -> host_mod.Host:
-    return host_mod.Host.for_config(conf.host_config(), node_name=conf.node_name)
+def build_host(conf: settings.Settings, api: kube.Api | None = None) -> host_mod.Host:
+    lookup = secret_lookup(api, conf.event_namespace) if api is not None else None
+    return host_mod.Host.for_config(conf.host_config(), node_name=conf.node_name, secret_lookup=lookup)
+
+
+def secret_lookup(api: kube.Api, own_namespace: str) -> host_mod.SecretLookup:
+    """``chapSecretRef`` resolution for the agent: Secrets of its own namespace only, read when needed.
+
+    RBAC lets the agent read Secrets in its own namespace and nowhere else, so a reference to another
+    namespace is a spec error rather than a Forbidden retried forever. Values are decoded here and go
+    straight to the host layer, which keeps them out of logs, status and Events. A missing Secret is
+    KeyError (the reconciler waits for it); an unreachable API is a temporary error.
+    """
+
+    def lookup(namespace: str, name: str) -> Mapping[str, str]:
+        if namespace and namespace != own_namespace:
+            raise errors.InvalidSpec(
+                f"Secret {namespace}/{name}: the agent reads Secrets only in its own namespace "
+                f"{own_namespace!r}; create the Secret there or leave chapSecretRef.namespace empty"
+            )
+        try:
+            obj = api.get_secret(own_namespace, name)
+        except kube.ApiError as exc:
+            raise errors.NotFound(f"Secret {own_namespace}/{name}: {exc}") from None
+        if obj is None:
+            raise KeyError(name)
+        out: dict[str, str] = {}
+        for key, value in (obj.get("data") or {}).items():
+            try:
+                out[str(key)] = base64.b64decode(str(value)).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                continue  # not a text value: never a CHAP username or password
+        return out
+
+    return lookup
 
 
 def clean_stale(host: host_mod.Host) -> list[str]:
@@ -810,7 +844,7 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
     api = kube.Api(configuration, user_agent=f"{COMPONENT}/{conf.node_name}")
     os.makedirs(conf.effective_mount_base, mode=0o755, exist_ok=True)
     with ledger.host_lock(conf.state_dir, timeout=conf.lock_timeout):
-        host = build_host(conf)
+        host = build_host(conf, api)
         clean_stale(host)
         agent = Agent(conf, api, host)
         agent.preflight = preflight.check(host.config)

@@ -171,6 +171,18 @@ class Api:
             raise
         return obj
 
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        path = "/api/v1/namespaces/{}/secrets/{}".format(
+            urllib.parse.quote(namespace, safe=""), urllib.parse.quote(name, safe="")
+        )
+        try:
+            obj: dict[str, Any] = self.request("GET", path)
+        except ApiError as exc:
+            if exc.not_found:
+                return None
+            raise
+        return obj
+
     def list_nodes(self) -> list[dict[str, Any]]:
         return self.list_objects("/api/v1/nodes")
 

@@ -3,6 +3,7 @@ the controller's roll-up and teardown finalizer. The issue's scenario list, one 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -667,3 +668,53 @@ def test_profiling_on_demand(kube_cluster: Cluster, tmp_path: Any) -> None:
         agent.stop()
         del kube_cluster.agents[node]
         kube_cluster.kubectl("delete", "node", node, "--wait=false")
+
+
+def test_chap_secret_is_read_from_the_agents_namespace_and_never_shown(kube_cluster: Cluster) -> None:
+    """The agent serves chapSecretRef from Secrets of its own namespace (here ``default``).
+
+    This kernel has no iSCSI initiator, so the login itself fails; what matters is that it gets that far
+    (the Secret was found and used: no SecretNotFound), that a reference into another namespace is an
+    InvalidSpec, and that the password shows up nowhere.
+    """
+    node = kube_cluster.nodes[0]
+    only = {"matchLabels": {"kubernetes.io/hostname": node}}
+    secret, ok, foreign = uniq("chap"), uniq("chapok"), uniq("chapns")
+    password = "pw-" + secrets.token_hex(8)
+    kube_cluster.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": secret, "namespace": "default"},
+            # data, not stringData: the emulator does not fold stringData into data as the API server does.
+            "data": {
+                "username": base64.b64encode(b"hsuser").decode(),
+                "password": base64.b64encode(password.encode()).decode(),
+            },
+        }
+    )
+    iscsi = {"portal": "127.0.0.1:3260", "target": "iqn.2026-11.io.hoststorage:e2e", "lun": 1}
+    kube_cluster.apply(
+        sconn(ok, {"type": "iscsi", "nodeSelector": only,
+                   "iscsi": {**iscsi, "chapSecretRef": {"name": secret}}})
+    )
+    kube_cluster.apply(
+        sconn(foreign, {"type": "iscsi", "nodeSelector": only,
+                        "iscsi": {**iscsi, "chapSecretRef": {"name": secret, "namespace": "kube-system"}}})
+    )
+
+    def reason(name: str) -> str | None:
+        st = kube_cluster.states(name).get(node)
+        return ((st or {}).get("status") or {}).get("conditions", [{}])[0].get("reason")
+
+    wait_until(lambda: reason(ok) not in (None, "SecretNotFound", "Pending"), 60, "the CHAP login tried")
+    assert reason(ok) in ("LoginFailed", "Unsupported"), kube_cluster.states(ok)[node]["status"]
+    wait_until(lambda: reason(foreign) == "InvalidSpec", 60, "a Secret outside the agent's namespace refused")
+    msg = kube_cluster.states(foreign)[node]["status"]["conditions"][0]["message"]
+    assert "own namespace" in msg, msg
+    shown = kube_cluster.kubectl("get", "sns,sconn,events", "-A", "-o", "yaml").stdout
+    assert password not in shown
+    assert password not in kube_cluster.dump_logs()
+    for name in (ok, foreign):
+        delete(kube_cluster, name)
+    kube_cluster.kubectl("delete", "secret", secret, "-n", "default")

@@ -164,7 +164,6 @@ _review("controller", "", ["events"], ("create",), "ns:default", "skipped nodes 
 
 # Reviewed grants an e2e run may not use, and why they stay.
 NOT_EXERCISED = {
-    ("agent", "", "secrets", "get", "release"): "only iSCSI connections and pools with CHAP read Secrets",
     ("controller", GROUP, "storagepools/status", "patch", "cluster"): "the e2e suite drives connections",
     ("controller", GROUP, "domainmonitors/status", "patch", "cluster"): "the e2e suite drives connections",
     ("controller", GROUP, "storagepools", "patch", "cluster"): "finalizer; the e2e suite drives connections",
