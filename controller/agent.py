@@ -734,28 +734,6 @@ class Profiler:
         log.warning("profiles written to %s.prof and %s.mem.txt", base, base)
 
 
-def _register_handlers(registry: kopf.OperatorRegistry, agent: Agent) -> None:
-    for kind in agent.kinds:
-
-        def parent_event(event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
-            agent.on_parent(kind, event.get("type"), event.get("object") or {})
-
-        kopf.on.event(
-            naming.GROUP, naming.VERSION, naming.PLURALS[kind], registry=registry, id=f"parent-{kind}"
-        )(parent_event)
-
-    def node_event(event: Mapping[str, Any], **_: Any) -> None:
-        agent.on_node(event.get("type"), event.get("object") or {})
-
-    def state_event(event: Mapping[str, Any], **_: Any) -> None:
-        agent.on_state(event.get("type"), event.get("object") or {})
-
-    kopf.on.event("", "v1", "nodes", registry=registry, id="node")(node_event)
-    kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
-        state_event
-    )
-
-
 def build_host(conf: settings.Settings, api: kube.Api | None = None) -> host_mod.Host:
     lookup = secret_lookup(api, conf.event_namespace) if api is not None else None
     return host_mod.Host.for_config(conf.host_config(), node_name=conf.node_name, secret_lookup=lookup)
@@ -873,7 +851,7 @@ async def _serve(agent: Agent, conf: settings.Settings, profiler: Profiler) -> i
 
     loop.add_signal_handler(signal.SIGUSR1, dump)
     registry = kopf.OperatorRegistry()
-    _register_handlers(registry, agent)
+    kube.register_watches(registry, agent, agent.kinds)
     kopf.on.login(registry=registry)(kube.login_handler(conf.kubeconfig or None))
     opsettings = kube.operator_settings(COMPONENT, conf.node_name)
     opsettings.watching.field_selectors["nodes"] = f"metadata.name={conf.node_name}"

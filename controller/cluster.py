@@ -469,25 +469,7 @@ async def _serve(ctl: Controller, conf: settings.Settings) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("state dump: %s", json.dumps(ctl.dump())))
     registry = kopf.OperatorRegistry()
-    for kind in ctl.kinds:
-
-        def parent_event(event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
-            ctl.on_parent(kind, event.get("type"), event.get("object") or {})
-
-        kopf.on.event(
-            naming.GROUP, naming.VERSION, naming.PLURALS[kind], registry=registry, id=f"parent-{kind}"
-        )(parent_event)
-
-    def node_event(event: Mapping[str, Any], **_: Any) -> None:
-        ctl.on_node(event.get("type"), event.get("object") or {})
-
-    def state_event(event: Mapping[str, Any], **_: Any) -> None:
-        ctl.on_state(event.get("type"), event.get("object") or {})
-
-    kopf.on.event("", "v1", "nodes", registry=registry, id="nodes")(node_event)
-    kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
-        state_event
-    )
+    kube.register_watches(registry, ctl, ctl.kinds)
     kopf.on.login(registry=registry)(kube.login_handler(conf.kubeconfig or None))
     opsettings = kube.operator_settings(COMPONENT, ctl.identity)
     probes = (

@@ -18,8 +18,8 @@ import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
 
 import kopf
 import kubernetes
@@ -382,3 +382,36 @@ def login_handler(kubeconfig: str | None) -> Any:
         )
 
     return login
+
+
+class WatchTarget(Protocol):
+    """What the agent and the controller both watch: the parent kinds, Nodes and StorageNodeStates."""
+
+    def on_parent(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None: ...
+
+    def on_node(self, event_type: str | None, obj: Mapping[str, Any]) -> None: ...
+
+    def on_state(self, event_type: str | None, obj: Mapping[str, Any]) -> None: ...
+
+
+def register_watches(registry: Any, target: WatchTarget, kinds: Iterable[str]) -> None:
+    """kopf event handlers (no persistence on the objects) feeding ``target`` from every watch."""
+    for kind in kinds:
+
+        def parent_event(event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
+            target.on_parent(kind, event.get("type"), event.get("object") or {})
+
+        kopf.on.event(
+            naming.GROUP, naming.VERSION, naming.PLURALS[kind], registry=registry, id=f"parent-{kind}"
+        )(parent_event)
+
+    def node_event(event: Mapping[str, Any], **_: Any) -> None:
+        target.on_node(event.get("type"), event.get("object") or {})
+
+    def state_event(event: Mapping[str, Any], **_: Any) -> None:
+        target.on_state(event.get("type"), event.get("object") or {})
+
+    kopf.on.event("", "v1", "nodes", registry=registry, id="nodes")(node_event)
+    kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
+        state_event
+    )
