@@ -77,10 +77,8 @@ class WaitingForConnection(errors.HostStorageError):
 # --------------------------------------------------------------------------------------------- spec
 
 
-@dataclasses.dataclass(frozen=True)
-class SecretRef:
-    name: str
-    namespace: str
+# One Secret reference shape for every kind: the connection module's.
+SecretRef = storage_connection.SecretRef
 
 
 @dataclasses.dataclass(frozen=True)
