@@ -537,8 +537,11 @@ def test_agent_without_node_name_fails_clearly(tmp_path: Any) -> None:
     assert "NODE_NAME" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_storage_pool_on_a_connection_through_the_agent(kube_cluster: Cluster) -> None:
-    """StoragePool plugs in by registration. One node only: the simulated nodes share this host's libvirtd."""
+def test_storage_pool_on_a_connection_through_the_agent(kube_cluster: Cluster, libvirtd: str) -> None:
+    """StoragePool plugs in by registration. One node only: the simulated nodes share this host's libvirtd.
+
+    The agents may have started before this test's ``libvirtd`` fixture did (a fresh machine has no
+    libvirtd running): their pool layer then reconnects on its own, which this test also covers."""
     node = kube_cluster.nodes[0]
     only = {"matchLabels": {"kubernetes.io/hostname": node}}
     conn, pool = uniq("poolconn"), uniq("pool")
