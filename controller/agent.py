@@ -82,12 +82,26 @@ def _bounded(cond: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+_MOVING = frozenset({"message", "lastCheck"})
+"""Detail fields that change on every check; like numbers, they alone do not make a write due."""
+
+
 def _same_state(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Equal but for detail numbers: same phase, generation and condition statuses and reasons."""
+    """Equal but for moving numbers: same phase, generation, condition statuses and reasons, and the same
+    detail fields with the same non-numeric values (a field that appears, such as a monitor's ``path``
+    once known, is news and is written)."""
+
+    def shape(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return tuple(sorted((k, None if k in _MOVING else shape(v)) for k, v in value.items()))
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return repr(value)
+        return None
 
     def key(st: Mapping[str, Any]) -> Any:
         conds = sorted((c.get("type"), c.get("status"), c.get("reason")) for c in st.get("conditions") or [])
-        return st.get("phase"), st.get("observedGeneration"), conds
+        rest = {k: v for k, v in st.items() if k not in ("conditions", "observedGeneration")}
+        return st.get("observedGeneration"), conds, shape(rest)
 
     return bool(key(old) == key(new))
 
