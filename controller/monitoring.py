@@ -309,7 +309,17 @@ class MonitorRuntime:
                     self._push(now + m.config.timeout, m, "deadline")
                 # Else the next tick is the deadline: one wake-up per slot instead of two.
             else:
+                # Not knowing is not healthy: a check that cannot start counts as a failed one, so the
+                # monitor does not keep showing its last good state while the node's helpers are stuck.
                 log.warning("DomainMonitor/%s: check refused (helpers exhausted)", m.config.name)
+                self._apply(
+                    m,
+                    dmon.Outcome(
+                        dmon.OutcomeKind.ERROR,
+                        reason=dmon.Reason.CHECK_REFUSED,
+                        message="check not started: every check helper of this node is stuck on hung storage",
+                    ),
+                )
             return
         elapsed = now - sent
         # The check was sent a little after its tick was due; at the tick one timeout later it counts.

@@ -214,6 +214,8 @@ class Reason(enum.StrEnum):
     METADATA_INVALID = "MetadataInvalid"
     AMBIGUOUS_DOMAIN = "AmbiguousDomain"
     PATH_OUTSIDE_TARGET = "PathOutsideTarget"
+    CHECK_REFUSED = "CheckRefused"
+    """No check could start: every check helper this node may keep is stuck on hung storage."""
 
 
 class OutcomeKind(enum.StrEnum):

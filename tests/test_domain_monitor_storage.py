@@ -383,6 +383,43 @@ def test_thousands_of_checks_incl_hung_and_failing_leak_nothing(tmp_path: Any) -
     assert _fds() == base_fds
 
 
+def test_checks_refused_while_every_helper_is_stuck_turn_monitors_invalid(tmp_path: Any) -> None:
+    """With no helper left to run checks, a healthy monitor must not keep showing Healthy: it goes
+    Invalid (CheckRefused), and comes back once the stuck helper is released."""
+    rt = monitoring.MonitorRuntime(backend=checker.Checker(max_stuck=1, max_retired=1))
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    hung = tmp_path / "hung"
+    hung.mkdir()
+    fifo = hung / "probe"
+    os.mkfifo(fifo)
+    writer: int | None = None
+    rt.start()
+    try:
+        rt.set(probe_config("ok", str(ok), interval=1))
+        wait_for(lambda: state_of(rt, "ok") == "Healthy", 10, "ok Healthy")
+        req = checker.CheckRequest(target=str(hung), path=str(fifo), kind="file", create_probe=False)
+        rt.set(monitoring.MonitorConfig("hung", req, interval=1, timeout=1))
+
+        def refused() -> bool:
+            st = rt.status("ok")
+            return st is not None and str(st.state) == "Invalid" and st.reason == "CheckRefused"
+
+        wait_for(refused, 15, "ok refused while the only helper is stuck")
+        st = rt.status("ok")
+        assert st is not None and "stuck on hung storage" in st.message
+        writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # the storage comes back
+        wait_for(lambda: state_of(rt, "ok") == "Healthy", 15, "ok Healthy again")
+    finally:
+        if writer is None:
+            writer = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+        try:
+            rt.stop()
+            wait_for(lambda: checker.reap_abandoned() == 0, 10, "helpers exited and reaped")
+        finally:
+            os.close(writer)
+
+
 def test_ledger_entry_keeps_the_connection_in_use(
     host: host_mod.Host, monkeypatch: pytest.MonkeyPatch
 ) -> None:
