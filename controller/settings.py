@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -62,6 +63,10 @@ class Settings:
 
     allow_dev: bool = False
     """Admin opt-in: do not force ``nodev`` on mounts."""
+
+    qemu_user: str = "auto"
+    """Whose r-x access to each new mount is checked besides the agent's rwx, as VDSM checks qemu's:
+    ``auto`` (``qemu``, else ``libvirt-qemu``; no check on a node with neither), a user name, or ``none``."""
 
     log_level: str = "WARNING"
     """Python logging level name (DEBUG, INFO, WARNING, ERROR)."""
@@ -126,6 +131,7 @@ class Settings:
             command_timeout=self.command_timeout,
             allow_suid=self.allow_suid,
             allow_dev=self.allow_dev,
+            qemu_user="" if self.qemu_user == "none" else self.qemu_user,
         )
 
     @classmethod
@@ -169,6 +175,8 @@ class Settings:
                 raise SettingsError(f"{name.replace('_', '-')} must be a port number")
         if self.resync_seconds <= 0 or self.workers < 1 or self.shutdown_timeout < 0:
             raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
+        if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):
+            raise SettingsError(f"qemu-user {self.qemu_user!r} is not auto, none or a user name")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"log-level {self.log_level!r} is not a logging level name")
 

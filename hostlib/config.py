@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from hostlib import commands
 
@@ -31,6 +32,9 @@ class HostConfig:
     """Admin opt-in: do not force ``nosuid`` on mounts."""
     allow_dev: bool = False
     """Admin opt-in: do not force ``nodev`` on mounts."""
+    qemu_user: str = ""
+    """Whose r-x access to a new mount is checked besides the agent's (VDSM checks qemu's): a user name,
+    ``auto`` (``qemu``, else ``libvirt-qemu``, else no check when neither exists), or empty for none."""
 
     def __post_init__(self) -> None:
         if not os.path.isabs(self.state_dir):
@@ -42,6 +46,8 @@ class HostConfig:
         for p in self.allowed_host_paths:
             if not os.path.isabs(p):
                 raise ValueError(f"allowed host path must be absolute: {p!r}")
+        if self.qemu_user and not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):
+            raise ValueError(f"qemu user must be a user name or 'auto': {self.qemu_user!r}")
         object.__setattr__(
             self, "allowed_host_paths", tuple(os.path.normpath(p) for p in self.allowed_host_paths)
         )

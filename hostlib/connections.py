@@ -7,8 +7,9 @@ field, e.g. ``spec.nfs.export``) and gets a :class:`Connection` from :func:`make
 Behaviour follows VDSM's ``storageServer.py``:
 - ``connect()`` is idempotent (already mounted = no change, returns False), creates the mount
   directory if needed, and undoes its own partial work: a failed mount removes the directory it
-  created; a failed access check (rwx, or r-x for ``ro`` mounts, tested in a child process with a
-  timeout, never in an agent thread) unmounts again and raises ``PermissionDenied``.
+  created; a failed access check (the agent's rwx, or r-x for ``ro`` mounts; then qemu's r-x as the
+  ``qemu_user`` of the host config; each tested in a child process with a timeout, never in an agent
+  thread) unmounts again and raises ``PermissionDenied``.
 - ``disconnect()`` unmounts (plain first; busy -> ``InUse`` naming the holders; ``force=True`` ->
   lazy ``umount -l``, plus ``-f`` for nfs) and removes the mount directory. A foreign mount on our
   mount point is never unmounted.
@@ -333,6 +334,37 @@ def _access_argv(path: str, read_only: bool) -> tuple[str, ...]:
     return tuple(argv)
 
 
+QEMU_USERS_AUTO = ("qemu", "libvirt-qemu")
+"""``auto`` looks for these in turn: the RHEL/Fedora name, then the Debian/Ubuntu one."""
+
+
+def qemu_identity(host: HostConfig) -> tuple[str, int, int] | None:
+    """(name, uid, gid) of the user qemu runs as on this host, None when no check is wanted or possible.
+
+    Looked up with getent through the host runner, so an agent in a container sees the node's users.
+    A user the admin named that does not exist is an error; ``auto`` finding none means "no qemu here".
+    """
+    if not host.qemu_user:
+        return None
+    names = QEMU_USERS_AUTO if host.qemu_user == "auto" else (host.qemu_user,)
+    for name in names:
+        result = host.runner(("getent", "passwd", name), timeout=host.command_timeout, check=False)
+        fields = result.stdout.strip().split(":")
+        if result.rc == 0 and len(fields) >= 4 and fields[2].isdigit() and fields[3].isdigit():
+            return name, int(fields[2]), int(fields[3])
+    if host.qemu_user != "auto":
+        raise errors.Unsupported(
+            f"the qemu user {host.qemu_user!r} (qemu-user setting) does not exist on this node"
+        )
+    log.debug("no qemu user (%s) on this node; only the agent's access is checked", ", ".join(names))
+    return None
+
+
+def qemu_access_argv(path: str, uid: int, gid: int) -> tuple[str, ...]:
+    """r-x on ``path`` as qemu would have it: its uid, gid and supplementary groups (setpriv, util-linux)."""
+    return ("setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "--", *_access_argv(path, True))
+
+
 class MountConnection:
     """A connection that is a mount on a directory under the mount base."""
 
@@ -496,6 +528,23 @@ class MountConnection:
             want = "r-x" if read_only else "rwx"
             raise errors.PermissionDenied(
                 f"{self.mount_point}: the agent has no {want} access to {self.source}"
+            )
+        qemu = qemu_identity(self.host)
+        if qemu is None:
+            return
+        name, uid, gid = qemu
+        argv = qemu_access_argv(self.mount_point, uid, gid)
+        try:
+            result = self.host.runner(argv, timeout=self.host.command_timeout, check=False)
+        except commands.CommandError as exc:
+            raise errors.PermissionDenied(
+                f"qemu access check on {self.mount_point} failed: {exc.tool_message}"
+            ) from exc
+        if result.rc != 0:
+            raise errors.PermissionDenied(
+                f"{self.mount_point}: qemu (user {name}, uid {uid}) has no r-x access to {self.source}; "
+                "VMs could not use it (check the export's or the filesystem's permissions and the path "
+                "to the mount base)"
             )
 
     def _rmdir(self) -> bool:

@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "lock"
 FORMAT_VERSION = 1
+STATE_DIR_MODE = 0o711
+"""Others may pass through the state dir but not list it: qemu must reach the default mount base
+``<state_dir>/mnt`` (VM disks in pools on connections), while the ledger and the lock stay 0600."""
 # A ledger is small (one entry per object); anything bigger is not ours or corrupt.
 MAX_LEDGER_BYTES = 16 * 1024 * 1024
 
@@ -172,6 +175,11 @@ class Ledger:
         log.debug("ledger %s: removed %s/%s", self.path, kind, name)
         return True
 
+    def scratch_copy(self) -> Ledger:
+        """An in-memory copy whose changes never reach the disk: a dry run's "what if"."""
+        with self._lock:
+            return _ScratchLedger(self.state_dir, self._entries)
+
     def owns_mount(self, path: str) -> bool:
         """Whether some entry made the mount point (or link) ``path``."""
         wanted = os.path.normpath(path)
@@ -189,7 +197,7 @@ class Ledger:
         return [e for e in self.entries() if (kind, name) in e.depends_on]
 
     def _write(self, entries: Mapping[tuple[str, str], LedgerEntry]) -> None:
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        make_state_dir(self.state_dir)
         body = {
             "version": FORMAT_VERSION,
             "entries": [entries[k].to_json() for k in sorted(entries)],
@@ -214,6 +222,20 @@ class Ledger:
             os.close(dfd)
 
 
+def make_state_dir(state_dir: str) -> None:
+    """Create the state dir (mode :data:`STATE_DIR_MODE`); one made 0700 by an older version gets the
+    traverse bits it lacks, nothing else (no read, no write for others)."""
+    os.makedirs(state_dir, mode=STATE_DIR_MODE, exist_ok=True)
+    mode = os.stat(state_dir).st_mode & 0o7777
+    if mode & 0o011 != 0o011:
+        os.chmod(state_dir, mode | 0o011)  # noqa: S103 - traverse only (x), never read or write
+
+
+class _ScratchLedger(Ledger):
+    def _write(self, entries: Mapping[tuple[str, str], LedgerEntry]) -> None:
+        return None
+
+
 def _read_holder(fd: int) -> int | None:
     try:
         raw = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
@@ -230,7 +252,7 @@ def host_lock(state_dir: str, *, blocking: bool = True, timeout: float | None = 
     blocking wait (then :class:`LockHeld` too). flock is released by the kernel when the holder dies,
     so a crashed agent never leaves the host locked.
     """
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    make_state_dir(state_dir)
     path = os.path.join(state_dir, LOCK_FILE)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

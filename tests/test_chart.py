@@ -49,6 +49,7 @@ NON_DEFAULT: dict[str, Any] = {
         "commandTimeoutSeconds": 90,
         "allowSuid": True,
         "allowDev": True,
+        "qemuUser": "qemu",
         "resyncSeconds": 30,
         "workers": 8,
         "shutdownTimeoutSeconds": 45,
@@ -166,6 +167,7 @@ def test_non_default_values_reach_the_objects() -> None:
     assert env["HOSTSTORAGE_HOST_NAMESPACES"] == "false"
     assert "HOSTSTORAGE_USE_HOST_SCOPE" not in env  # null: the agent decides
     assert env["HOSTSTORAGE_MOUNT_BASE"] == "/rhev/data-center/mnt"
+    assert env["HOSTSTORAGE_QEMU_USER"] == "qemu"
     assert env["HOSTSTORAGE_HEALTH_PORT"] == "19720" and env["TZ"] == "UTC"
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     for path in ("/srv/storage", "/data/images", "/rhev/data-center/mnt", "/var/lib/hs-state"):
@@ -300,6 +302,7 @@ def test_every_environment_variable_the_chart_sets_is_one_settings_reads(values_
         ("agent.mountBase=mnt", "/agent/mountBase"),
         ("agent.workers=0", "/agent/workers"),
         ("agent.useHostScope=auto", "/agent/useHostScope"),
+        ("agent.qemuUser=-oops", "/agent/qemuUser"),
         ("controller.replicas=two", "/controller/replicas"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("logLevel=LOUD", "/logLevel"),

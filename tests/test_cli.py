@@ -63,6 +63,11 @@ def test_settings_defaults() -> None:
     assert s.libvirt_uri == "qemu:///system"
     conf = s.host_config()
     assert conf.mount_base == "/var/lib/hoststorage/mnt" and conf.state_dir == "/var/lib/hoststorage"
+    assert s.qemu_user == "auto" and conf.qemu_user == "auto"  # VDSM checks qemu's access by default
+    off = settings.Settings.build(parse(), {"HOSTSTORAGE_QEMU_USER": "none"})
+    assert off.host_config().qemu_user == ""
+    named = settings.Settings.build(parse(), {"HOSTSTORAGE_QEMU_USER": "libvirt-qemu"})
+    assert named.host_config().qemu_user == "libvirt-qemu"
 
 
 def test_flags_override_environment_which_overrides_defaults() -> None:
@@ -97,6 +102,7 @@ def test_flags_override_environment_which_overrides_defaults() -> None:
         ((), {"HOSTSTORAGE_ALLOW_DEV": "maybe"}, "HOSTSTORAGE_ALLOW_DEV='maybe': expected true or false"),
         ((), {"HOSTSTORAGE_LOCK_TIMEOUT": "soon"}, "expected a number"),
         (("--log-level", "LOUD"), {}, "not a logging level"),
+        ((), {"HOSTSTORAGE_QEMU_USER": "-oops"}, "qemu-user '-oops' is not auto, none or a user name"),
     ],
 )
 def test_bad_settings_are_one_line_errors(argv: tuple[str, ...], env: dict[str, str], words: str) -> None:

@@ -30,6 +30,8 @@ class FakeHost:
         self.secrets: list[tuple[str, ...]] = []
         self.table: list[mounts.MountRecord] = []
         self.fail: dict[tuple[str, ...], tuple[int, str]] = {}
+        self.answers: dict[tuple[str, ...], str] = {}
+        """Standard output of commands starting with a prefix (``getent passwd qemu``)."""
         self._next_id = 1000
 
     def add_mount(self, source: str, target: str, fstype: str = "ext4") -> None:
@@ -64,7 +66,8 @@ class FakeHost:
             self.add_mount(core[-2], core[-1], core[2])
         elif core[0] == "umount":
             self.table = [r for r in self.table if r.target != core[-1]]
-        return commands.Result(argv, 0, "", "", 0.0)
+        out = next((o for p, o in self.answers.items() if argv[: len(p)] == p), "")
+        return commands.Result(argv, 0, out, "", 0.0)
 
 
 @pytest.fixture
@@ -302,6 +305,75 @@ def test_access_failure_unmounts_and_is_permission_denied(host: config.HostConfi
     assert fake.calls[-1] == ("umount", "-l", conn.target())
     assert not conn.observe().connected
     assert not os.path.lexists(conn.target())
+
+
+DEBIAN_QEMU = "libvirt-qemu:x:64055:108:Libvirt Qemu,,,:/var/lib/libvirt:/usr/sbin/nologin\n"
+
+
+def qemu_argv(path: str) -> tuple[str, ...]:
+    return ("setpriv", "--reuid=64055", "--regid=108", "--init-groups", "--",
+            "test", "-d", path, "-a", "-r", path, "-a", "-x", path)
+
+
+def test_qemu_access_is_checked_as_the_qemu_user_after_the_agents(
+    host: config.HostConfig, fake: FakeHost
+) -> None:
+    """``auto`` tries qemu (RHEL), then libvirt-qemu (Debian); the check runs with its uid, gid, groups."""
+    fake.fail[("getent", "passwd", "qemu")] = (2, "")
+    fake.answers[("getent", "passwd", "libvirt-qemu")] = DEBIAN_QEMU
+    conn = connections.make_connection(
+        "p", connections.PosixfsParams("/dev/loop7", "ext4"), dataclasses.replace(host, qemu_user="auto")
+    )
+    assert conn.connect() is True
+    mp = conn.target()
+    after_mount = fake.calls[[c[0] for c in fake.calls].index("mount") + 1 :]
+    assert after_mount == [
+        ("test", "-d", mp, "-a", "-r", mp, "-a", "-w", mp, "-a", "-x", mp),
+        ("getent", "passwd", "qemu"),
+        ("getent", "passwd", "libvirt-qemu"),
+        qemu_argv(mp),
+    ]
+    assert conn.observe().connected
+
+
+def test_qemu_without_access_unmounts_and_is_permission_denied(
+    host: config.HostConfig, fake: FakeHost
+) -> None:
+    fake.answers[("getent", "passwd", "libvirt-qemu")] = DEBIAN_QEMU
+    named = dataclasses.replace(host, qemu_user="libvirt-qemu")
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), named)
+    fake.fail[qemu_argv(conn.target())[:3]] = (1, "")
+    with pytest.raises(errors.PermissionDenied, match=r"qemu \(user libvirt-qemu, uid 64055\) has no r-x"):
+        conn.connect()
+    assert fake.calls[-1] == ("umount", "-l", conn.target())
+    assert not conn.observe().connected
+    assert not os.path.lexists(conn.target())
+
+
+def test_qemu_user_named_but_missing_is_unsupported(host: config.HostConfig, fake: FakeHost) -> None:
+    fake.fail[("getent",)] = (2, "")
+    conn = connections.make_connection(
+        "p", connections.PosixfsParams("/dev/loop7", "ext4"), dataclasses.replace(host, qemu_user="kvmuser")
+    )
+    with pytest.raises(errors.Unsupported, match="qemu user 'kvmuser'"):
+        conn.connect()
+    assert not conn.observe().connected
+
+
+def test_no_qemu_user_on_the_node_checks_only_the_agent(host: config.HostConfig, fake: FakeHost) -> None:
+    """A node without libvirt has neither user: ``auto`` then checks the agent's access alone."""
+    fake.fail[("getent",)] = (2, "")
+    conn = connections.make_connection(
+        "p", connections.PosixfsParams("/dev/loop7", "ext4"), dataclasses.replace(host, qemu_user="auto")
+    )
+    assert conn.connect() is True
+    assert not [c for c in fake.calls if c[0] == "setpriv"]
+
+
+@pytest.mark.parametrize("bad", ["-oops", "Root", "a b", "x" * 40, "qemu;id"])
+def test_qemu_user_setting_must_be_a_user_name(host: config.HostConfig, bad: str) -> None:
+    with pytest.raises(ValueError, match="qemu user"):
+        dataclasses.replace(host, qemu_user=bad)
 
 
 def test_disconnect_unmounts_and_removes_the_dir(host: config.HostConfig, fake: FakeHost) -> None:

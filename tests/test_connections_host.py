@@ -6,12 +6,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 
 import pytest
-from fixtures_storage import GlusterVolume, LoopFactory, holding_open
+from fixtures_storage import GlusterVolume, LoopFactory, holding_open, unmount_all_under
 
 from hostlib import commands, config, connections, errors, ledger, mounts
 
@@ -58,6 +60,52 @@ def test_posixfs_on_a_loop_device(
     assert not is_mounted_at(target)
     assert not os.path.lexists(target)
     assert conn.disconnect() is False
+
+
+@pytest.fixture
+def qemu_visible_base() -> Iterator[str]:
+    """A mount base qemu can reach (pytest's temp dirs are 0700 root), removed afterwards."""
+    base = tempfile.mkdtemp(prefix="hs-qemu-", dir="/var/tmp")
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        unmount_all_under(base)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_qemu_access_is_checked_on_the_real_host(
+    hs_host_config: config.HostConfig, loop_device: LoopFactory, qemu_visible_base: str
+) -> None:
+    """VDSM's rule: qemu must have r-x on a new mount, else it is undone. Here qemu is libvirt-qemu."""
+    qemu = connections.qemu_identity(dataclasses.replace(hs_host_config, qemu_user="auto"))
+    assert qemu is not None, "scripts/setup.sh installs libvirt-daemon-system, which makes libvirt-qemu"
+    host = dataclasses.replace(
+        hs_host_config, qemu_user="auto", mount_base=os.path.join(qemu_visible_base, "mnt")
+    )
+    open_dev, closed_dev = loop_device("ext4"), loop_device("ext4")
+    scratch = os.path.join(qemu_visible_base, "scratch")
+    os.mkdir(scratch)
+    commands.Runner()(("mount", closed_dev, scratch), timeout=30)
+    try:
+        os.chmod(scratch, 0o700)  # the filesystem's root: the agent (root) may, qemu may not
+    finally:
+        commands.Runner()(("umount", scratch), timeout=30)
+
+    good = connections.make_connection("good", connections.PosixfsParams(open_dev, "ext4"), host)
+    assert good.connect() is True
+    bad = connections.make_connection("bad", connections.PosixfsParams(closed_dev, "ext4"), host)
+    denied = f"qemu \\(user {qemu[0]}, uid {qemu[1]}\\) has no r-x"
+    with pytest.raises(errors.PermissionDenied, match=denied):
+        bad.connect()
+    assert not is_mounted_at(bad.target()) and not os.path.lexists(bad.target())
+    assert good.disconnect() is True
+    # The same filesystem with the check off (a node where VMs do not run): the agent's rwx is enough.
+    relaxed = connections.make_connection(
+        "bad", connections.PosixfsParams(closed_dev, "ext4"), dataclasses.replace(host, qemu_user="")
+    )
+    assert relaxed.connect() is True
+    assert relaxed.disconnect() is True
 
 
 def test_a_vanished_mount_is_restored(hs_host_config: config.HostConfig, loop_device: LoopFactory) -> None:

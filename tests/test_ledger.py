@@ -49,6 +49,16 @@ def test_file_is_private_and_no_temp_file_is_left(tmp_path: pathlib.Path) -> Non
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert os.listdir(tmp_path / "state") == ["ledger.json"]
     assert json.loads(path.read_text())["version"] == 1
+    # The directory: others pass through to the mount base (qemu), but may not list or write it.
+    assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o711
+
+
+def test_a_0700_state_dir_gains_only_the_traverse_bits(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "old-state"
+    state.mkdir(mode=0o700)
+    with ledger.host_lock(str(state)):
+        pass
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o711
 
 
 def test_unchanged_put_does_not_rewrite(tmp_path: pathlib.Path) -> None:
