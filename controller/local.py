@@ -275,19 +275,35 @@ def apply(docs: Sequence[Document], conf: settings.Settings, *, dry_run: bool = 
     return Outcome(done, any(r.changed for r in done))
 
 
-def delete(docs: Sequence[Document], conf: settings.Settings, *, force: bool = False) -> Outcome:
+WOULD_COMPLETE = frozenset({"WouldDetach", "WouldRetain", "WouldForget"})
+"""Dry-run teardown reasons of an object whose real teardown would finish."""
+
+
+def delete(
+    docs: Sequence[Document], conf: settings.Settings, *, force: bool = False, dry_run: bool = False
+) -> Outcome:
+    """Tear down what the documents describe, users before what they use (monitors, pools, connections).
+
+    ``dry_run`` changes nothing on the host or in the ledger: each object's planned actions are listed,
+    and the dry run works on a scratch copy of the ledger, so a connection whose pools and monitors are
+    in the same files is planned as their real delete would leave it (free, not ``InUse``)."""
     objects, _ = classify(docs)
     parsed = _parse_all(objects)
     order = sorted(range(len(parsed)), key=lambda i: (-parsed[i][0].ORDER, -i))
     results: list[status.NodeResult | None] = [None] * len(parsed)
-    with _lock(conf, dry_run=False):
+    with _lock(conf, dry_run=dry_run):
         host = _make_host(conf)
+        if dry_run:
+            host.ledger = host.ledger.scratch_copy()
         for i in order:
             module, _doc, spec, invalid = parsed[i]
             if invalid is not None:
                 results[i] = invalid
                 continue
-            results[i] = _guarded(module, spec.name, module.teardown, spec, host, force=force)
+            result = _guarded(module, spec.name, module.teardown, spec, host, force=force, dry_run=dry_run)
+            if dry_run and result.reason in WOULD_COMPLETE:
+                host.ledger.remove(module.KIND, spec.name)  # the scratch copy: what the real delete leaves
+            results[i] = result
     done = [r for r in results if r is not None]
     return Outcome(done, any(r.changed for r in done))
 
@@ -347,6 +363,11 @@ def add_delete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force", action="store_true", help="lazy-unmount a busy mount instead of reporting InUse"
     )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be torn down (with the argv of each command); change nothing",
+    )
     _add_output(parser)
 
 
@@ -378,8 +399,16 @@ def run_apply(args: argparse.Namespace, conf: settings.Settings) -> int:
 
 def run_delete(args: argparse.Namespace, conf: settings.Settings) -> int:
     docs = load_documents(args.filenames)
-    outcome = delete(docs, conf, force=args.force)
-    _print(outcome.results, args.output)
+    outcome = delete(docs, conf, force=args.force, dry_run=args.dry_run)
+    _print(outcome.results, args.output, with_actions=args.dry_run)
+    if args.dry_run:
+        if args.output == "table":
+            planned = sum(len(r.actions) for r in outcome.results)
+            print(f"dry run: {planned} planned action(s); nothing was changed" if planned
+                  else "dry run: nothing to tear down")
+        # Succeeds when the real delete would finish every object (no InUse, nothing invalid).
+        done = all(r.phase == "Detached" or r.reason in WOULD_COMPLETE for r in outcome.results)
+        return EXIT_OK if done else EXIT_NOT_READY
     if args.output == "table" and not outcome.changed:
         print("no change: nothing to tear down")
     return EXIT_OK if all(r.phase == "Detached" for r in outcome.results) else EXIT_NOT_READY

@@ -587,9 +587,11 @@ def reconcile(spec: Spec, host: Any, *, dry_run: bool = False) -> status.NodeRes
 
 
 def teardown(
-    spec_or_entry: Spec | ledger.LedgerEntry, host: Any, *, force: bool = False
+    spec_or_entry: Spec | ledger.LedgerEntry, host: Any, *, force: bool = False, dry_run: bool = False
 ) -> status.NodeResult:
-    """Stop keeping the target InUse and remove the probe file hoststorage created (if reachable)."""
+    """Stop keeping the target InUse and remove the probe file hoststorage created (if reachable).
+
+    ``dry_run`` changes nothing and lists the planned actions (reason ``WouldDetach``)."""
     name = spec_or_entry.name
     spec = spec_or_entry if isinstance(spec_or_entry, Spec) else Spec(name, Target(TargetKind.HOST_PATH))
     entry = host.ledger.get(KIND, name)
@@ -598,6 +600,13 @@ def teardown(
     message = "monitor removed"
     probe = entry.resource.get("probeFile")
     root = entry.resource.get("root")
+    if dry_run:
+        acts = [actions.Action("forget", f"remove {KIND}/{name} from the ledger")]
+        if isinstance(probe, str) and probe:
+            acts.insert(0, actions.Action("unlink", f"remove the probe file {probe}", path=probe))
+        return make_result(
+            spec, "Detaching", False, "WouldDetach", "dry run: would stop monitoring", acts=tuple(acts)
+        )
     if isinstance(probe, str) and probe and isinstance(root, str):
         removed = _remove_probe(host, root, probe)
         if removed is None:

@@ -718,9 +718,16 @@ def reconcile(spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool = Fals
 
 
 def teardown(
-    spec_or_entry: ConnectionSpec | ledger.LedgerEntry, host: host_mod.Host, *, force: bool = False
+    spec_or_entry: ConnectionSpec | ledger.LedgerEntry,
+    host: host_mod.Host,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> status.NodeResult:
-    """Undo what hoststorage made for this connection on this host, as deletionPolicy says."""
+    """Undo what hoststorage made for this connection on this host, as deletionPolicy says.
+
+    ``dry_run`` changes nothing (host or ledger): the result lists the planned actions with reason
+    ``WouldDetach``, ``WouldRetain`` or ``WouldForget``."""
     name = spec_or_entry.name
     entry = host.ledger.get(KIND, name)
     if entry is None:
@@ -746,28 +753,26 @@ def teardown(
         if isinstance(spec_or_entry, ConnectionSpec)
         else recorded.deletion_policy
     )
-    if policy == "Retain":
-        host.ledger.remove(KIND, name)
-        return _result(
-            name,
-            DETACHED,
-            "Retained",
-            f"deletionPolicy Retain: {target} left in place and forgotten",
-            detail=detail,
-            changed=True,
+    forget = actions.Action("forget", f"remove {KIND}/{name} from the ledger")
+    if policy == "Retain" or entry.resource.get("preexisting"):
+        why = (
+            "deletionPolicy Retain: {} left in place and forgotten"
+            if policy == "Retain"
+            else "{} was there before hoststorage: left in place and forgotten"
         )
-    if entry.resource.get("preexisting"):
+        if dry_run:
+            reason = "WouldRetain" if policy == "Retain" else "WouldForget"
+            message = "dry run: " + why.format(target).replace("left in place and", "would stay,")
+            return _result(name, DETACHING, reason, message, detail=detail, plan=[forget])
         host.ledger.remove(KIND, name)
-        return _result(
-            name,
-            DETACHED,
-            "NotOwned",
-            f"{target} was there before hoststorage: left in place and forgotten",
-            detail=detail,
-            changed=True,
-        )
+        reason = "Retained" if policy == "Retain" else "NotOwned"
+        return _result(name, DETACHED, reason, why.format(target), detail=detail, changed=True)
     try:
         conn = host.make_connection(name, recorded.params, host.config)
+        if dry_run:
+            plan = [*conn.plan_disconnect(conn.observe(), force), forget]
+            message = f"dry run: would disconnect {target}"
+            return _result(name, DETACHING, "WouldDetach", message, detail=detail, plan=plan)
         changed = bool(conn.disconnect(force=force))
     except errors.InUse as exc:
         return _result(name, DETACHING, "InUse", exc.message, detail=detail, retry=True)
@@ -780,15 +785,6 @@ def teardown(
     host.ledger.remove(KIND, name)
     message = f"disconnected {target}" if changed else f"{target} was already disconnected"
     return _result(name, DETACHED, "Detached", message, detail=detail, changed=True)
-
-
-def plan_teardown(spec: ConnectionSpec, host: host_mod.Host, *, force: bool = False) -> list[actions.Action]:
-    """What :func:`teardown` would do, for a dry run."""
-    entry = host.ledger.get(KIND, spec.name)
-    if entry is None or entry.resource.get("preexisting") or spec.deletion_policy == "Retain":
-        return []
-    conn = host.make_connection(spec.name, _entry_spec(entry).params, host.config)
-    return list(conn.plan_disconnect(conn.observe(), force))
 
 
 # ------------------------------------------------------------------------------------ status, seams

@@ -70,6 +70,10 @@ class Phase:
     DETACHED = "Detached"
 
 
+DETACHING = "Detaching"
+"""Only in dry-run results of :func:`teardown` (the agent reports its own teardown phases)."""
+
+
 class WaitingForConnection(errors.HostStorageError):
     reason = "WaitingForConnection"
 
@@ -812,10 +816,44 @@ def _teardown_entry(
     return changed
 
 
+def _plan_teardown_entry(
+    entry: ledger.LedgerEntry, host: host_mod.Host, layer: libvirt_pools.PoolLayer
+) -> list[actions.Action]:
+    """What :func:`_teardown_entry` would do, observed now; nothing changes."""
+    name = entry.resource.get("libvirtName")
+    planned: list[actions.Action] = []
+    if isinstance(name, str) and name:
+        observed = layer.observe(name)
+        uuid = entry.resource.get("uuid")
+        if observed is not None and (not uuid or uuid == observed.uuid):
+            if observed.active:
+                planned.append(actions.Action("pool-destroy", f"stop libvirt pool {name} (volumes stay)"))
+            if observed.persistent:
+                planned.append(actions.Action("pool-undefine", f"undefine libvirt pool {name}"))
+    usage = entry.resource.get("secretUsage")
+    if isinstance(usage, str) and usage and layer.secret_uuid(usage) is not None:
+        planned.append(actions.Action("secret-undefine", f"undefine libvirt secret {usage}"))
+    for path in entry.resource.get("paths") or []:
+        if (
+            isinstance(path, str)
+            and paths.is_under(os.path.join(host.config.mount_base, POOLS_SUBDIR), path)
+            and os.path.isdir(path)
+        ):
+            planned.append(actions.Action("rmdir", f"remove {path} if empty", path=path))
+    return planned
+
+
 def teardown(
-    spec_or_entry: PoolSpec | ledger.LedgerEntry, host: host_mod.Host, *, force: bool = False
+    spec_or_entry: PoolSpec | ledger.LedgerEntry,
+    host: host_mod.Host,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> status.NodeResult:
-    """Stop and forget the pool (or only forget it with Retain); volumes and files always stay."""
+    """Stop and forget the pool (or only forget it with Retain); volumes and files always stay.
+
+    ``dry_run`` changes nothing (libvirt or ledger) and lists the planned actions (reason ``WouldDetach``
+    or ``WouldRetain``)."""
     name = spec_or_entry.name
     entry = host.ledger.get(KIND, name)
     if entry is None:
@@ -832,6 +870,10 @@ def teardown(
         return _result(
             name, Phase.RUNNING, errors.InUse.reason, f"pool still used by {who}", detail=detail, retry=True
         )
+    forget = actions.Action("forget", f"remove {KIND}/{name} from the ledger")
+    if policy == "Retain" and dry_run:
+        message = "dry run: deletionPolicy Retain: the libvirt pool would stay as it is, forgotten"
+        return _result(name, DETACHING, "WouldRetain", message, detail=detail, planned=[forget])
     if policy == "Retain":
         host.ledger.remove(KIND, name)
         return _result(
@@ -844,6 +886,10 @@ def teardown(
         )
     layer = layer_for(host)
     try:
+        if dry_run:
+            planned = [*_plan_teardown_entry(entry, host, layer), forget]
+            message = "dry run: would stop and undefine the pool; volumes and files stay"
+            return _result(name, DETACHING, "WouldDetach", message, detail=detail, planned=planned)
         changed = _teardown_entry(entry, host, layer, force=force)
     except errors.HostStorageError as exc:
         return _result(name, Phase.FAILED, exc.reason, exc.message, detail=detail, retry=exc.temporary)

@@ -151,6 +151,68 @@ def test_delete_unmounts_removes_the_mount_point_and_forgets(
     assert cli.json("status") == (0, [])
 
 
+def test_delete_dry_run_lists_the_umount_argv_and_changes_nothing(
+    cli: Cli, loop_device: Callable[..., str], tmp_path: pathlib.Path
+) -> None:
+    dir_path = pathlib.Path(cli.allowed, "d")
+    dir_path.mkdir()
+    monitor = {"apiVersion": "hoststorage.io/v1alpha1", "kind": "DomainMonitor", "metadata": {"name": "health"},
+               "spec": {"target": {"connectionRef": {"name": "local"}}}}  # fmt: skip
+    docs = [
+        conn("disk", posix(loop_device("ext4"))),
+        conn("kept", posix(loop_device("ext4"), deletionPolicy="Retain")),
+        conn("local", {"type": "localfs", "localfs": {"path": str(dir_path)}}),
+        monitor,
+    ]
+    manifest = write(tmp_path, *docs)
+    rc, applied = cli.json("apply", "-f", manifest)
+    assert rc == 0, applied
+    target = applied[0]["connection"]["mountPoint"]
+    kept = applied[1]["connection"]["mountPoint"]
+    link = applied[2]["connection"]["mountPoint"]
+    probe = applied[3]["monitor"]["path"]
+    ledger_before = pathlib.Path(cli.state, "ledger.json").read_bytes()
+    table_before = sorted((r.source, r.target) for r in mounts.read_mounts())
+
+    rc, out = cli.json("delete", "-f", manifest, "--dry-run")
+    assert rc == 0, out
+    by_name = {r["name"]: r for r in out}
+    assert {n: (r["phase"], r["reason"]) for n, r in by_name.items()} == {
+        "disk": ("Detaching", "WouldDetach"),
+        "kept": ("Detaching", "WouldRetain"),
+        "local": ("Detaching", "WouldDetach"),  # not InUse: the monitor in the same file goes first
+        "health": ("Detaching", "WouldDetach"),
+    }
+    assert by_name["disk"]["actions"] == [
+        {"verb": "umount", "description": f"unmount {target}", "argv": ["umount", target], "path": target},
+        {"verb": "rmdir", "description": f"remove mount point {target}", "path": target},
+        {"verb": "forget", "description": "remove StorageConnection/disk from the ledger"},
+    ]
+    assert [a["verb"] for a in by_name["kept"]["actions"]] == ["forget"]
+    assert [a["verb"] for a in by_name["local"]["actions"]] == ["unlink", "forget"]
+    assert by_name["health"]["actions"][0] == {
+        "verb": "unlink", "description": f"remove the probe file {probe}", "path": probe
+    }
+    # Nothing changed: mounts, link, probe file and the ledger byte for byte.
+    assert sorted((r.source, r.target) for r in mounts.read_mounts()) == table_before
+    assert mounted_at(target) and mounted_at(kept) and os.path.islink(link) and os.path.exists(probe)
+    assert pathlib.Path(cli.state, "ledger.json").read_bytes() == ledger_before
+
+    # The connection alone, its monitor left applied: the real delete would stop at InUse, so must this.
+    alone = write(tmp_path, docs[2], name="alone.yaml")
+    rc, out = cli.json("delete", "-f", alone, "--dry-run")
+    assert rc == 1 and (out[0]["reason"], out[0]["actions"]) == ("InUse", [])
+    table = cli("delete", "-f", manifest, "--dry-run")
+    assert table.returncode == 0 and "dry run: 8 planned action(s); nothing was changed" in table.stdout
+
+    rc, out = cli.json("delete", "-f", manifest)
+    assert rc == 0 and {r["phase"] for r in out} == {"Detached"}
+    assert not mounted_at(target) and mounted_at(kept)
+    subprocess.run(["umount", kept], check=True)
+    empty = cli("delete", "-f", manifest, "--dry-run")
+    assert empty.returncode == 0 and "dry run: nothing to tear down" in empty.stdout
+
+
 def test_retain_leaves_the_mount_and_forgets_it(
     cli: Cli, loop_device: Callable[..., str], tmp_path: pathlib.Path
 ) -> None:

@@ -115,6 +115,14 @@ def test_apply_pools_after_their_connection_then_delete_keeps_volumes(
         f"dir-{suffix}": "Running",
     }
 
+    rc, planned = cli.json("delete", "-f", manifest, "--dry-run")
+    assert rc == 0, planned
+    verbs = {r["name"]: [a["verb"] for a in r["actions"]] for r in planned}
+    assert verbs[f"img-{suffix}"] == verbs[f"dir-{suffix}"] == ["pool-destroy", "pool-undefine", "forget"]
+    assert verbs[f"loc-{suffix}"] == ["unlink", "forget"]  # not InUse: its pool goes first
+    listed = fixtures_libvirt.virsh("pool-list", "--name").split()  # still defined and running
+    assert f"img-{suffix}" in listed and f"dir-{suffix}" in listed
+
     fixtures_libvirt.virsh("vol-create-as", f"img-{suffix}", "keep.img", "1M")
     rc, gone = cli.json("delete", "-f", manifest)
     assert rc == 0, gone
