@@ -173,3 +173,17 @@ def test_host_lock_is_reentrant_only_after_release(tmp_path: pathlib.Path) -> No
         pass
     with ledger.host_lock(str(tmp_path), blocking=False):
         pass
+
+
+def test_scratch_copy_changes_never_reach_the_disk(tmp_path: pathlib.Path) -> None:
+    state = str(tmp_path / "state")
+    led = ledger.Ledger.load(state)
+    led.put(entry("a"))
+    before = pathlib.Path(state, "ledger.json").read_bytes()
+    scratch = led.scratch_copy()
+    assert scratch.remove("StorageConnection", "a") is True
+    scratch.put(entry("b"))
+    assert [e.name for e in scratch.entries()] == ["b"]
+    assert [e.name for e in led.entries()] == ["a"]  # the original is untouched
+    assert pathlib.Path(state, "ledger.json").read_bytes() == before
+    assert os.listdir(state) == ["ledger.json"]
