@@ -156,8 +156,12 @@ def test_delete_dry_run_lists_the_umount_argv_and_changes_nothing(
 ) -> None:
     dir_path = pathlib.Path(cli.allowed, "d")
     dir_path.mkdir()
-    monitor = {"apiVersion": "hoststorage.io/v1alpha1", "kind": "DomainMonitor", "metadata": {"name": "health"},
-               "spec": {"target": {"connectionRef": {"name": "local"}}}}  # fmt: skip
+    monitor = {
+        "apiVersion": "hoststorage.io/v1alpha1",
+        "kind": "DomainMonitor",
+        "metadata": {"name": "health"},
+        "spec": {"target": {"connectionRef": {"name": "local"}}},
+    }
     docs = [
         conn("disk", posix(loop_device("ext4"))),
         conn("kept", posix(loop_device("ext4"), deletionPolicy="Retain")),
