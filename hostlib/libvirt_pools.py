@@ -789,7 +789,8 @@ def preflight(pool_type: str, source_format: str | None = None) -> None:
     """Refuse, before anything is defined, a pool this host cannot run (``Unsupported``).
 
     iscsi pools need the kernel's iSCSI initiator (iscsi_tcp) and iscsiadm; logical pools need
-    device-mapper and the lvm2 tools; netfs pools need the NFS client (nfs) or FUSE and
+    device-mapper (the lvm2 tools are libvirtd's, on the node: the agent's image does not carry them,
+    and without them libvirt's own start error is reported); netfs pools need the NFS client (nfs) or FUSE and
     mount.glusterfs (glusterfs). dir, fs and iscsi-direct (libiscsi in userspace) need nothing beyond
     libvirtd; their own failures surface from libvirt with its message.
     """
@@ -813,11 +814,10 @@ def preflight(pool_type: str, source_format: str | None = None) -> None:
             )
         if shutil.which("iscsiadm") is None:
             raise errors.Unsupported("iscsi pools need iscsiadm (open-iscsi), which is not installed")
-    elif pool_type == "logical":
-        if not (_kernel_module_available("dm_mod") or os.path.exists("/dev/mapper/control")):
-            raise errors.Unsupported("logical pools need device-mapper, and this kernel has none (no dm_mod)")
-        if shutil.which("vgs") is None:
-            raise errors.Unsupported("logical pools need the lvm2 tools (vgs), which are not installed")
+    elif pool_type == "logical" and not (
+        _kernel_module_available("dm_mod") or os.path.exists("/dev/mapper/control")
+    ):
+        raise errors.Unsupported("logical pools need device-mapper, and this kernel has none (no dm_mod)")
 
 
 _shared_lock = threading.Lock()

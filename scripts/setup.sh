@@ -10,7 +10,7 @@ stamp=$venv/.setup-stamp
 apt_packages=(
   python3 python3-venv python3-dev pkg-config gcc
   util-linux mount e2fsprogs xfsprogs procps psmisc kmod udev
-  nfs-common open-iscsi
+  nfs-common open-iscsi lvm2
   libvirt-daemon-system libvirt-daemon-driver-storage-iscsi-direct libvirt-clients libvirt-dev
   glusterfs-server glusterfs-client
   tgt libiscsi-bin

@@ -223,3 +223,16 @@ def tgt_target(tgtd: None, tmp_path: object) -> Iterator[Callable[..., TgtTarget
                 _tgtadm("--mode", "account", "--op", "delete", "--user", target.username, check=False)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(lun)
+
+
+@pytest.fixture
+def iscsid() -> Iterator[None]:
+    """iscsid for iscsiadm's logins (kernel initiator); started only if not running, and stopped again."""
+    running = subprocess.run(["pgrep", "-x", "iscsid"], capture_output=True, check=False).returncode == 0
+    if not running:
+        subprocess.run(["iscsid"], check=True, timeout=30)
+    try:
+        yield
+    finally:
+        if not running:
+            subprocess.run(["pkill", "-x", "iscsid"], check=False)

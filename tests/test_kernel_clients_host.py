@@ -14,8 +14,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import stat
-import subprocess
-from collections.abc import Iterator
 
 import pytest
 
@@ -29,19 +27,6 @@ def _unsupported_reason(conn_type: str, cfg: config.HostConfig) -> str | None:
     if report.supported(conn_type):
         return None
     return str(report.types[conn_type])
-
-
-@pytest.fixture
-def iscsid() -> Iterator[None]:
-    """iscsid for iscsiadm's logins; started here only if it is not running, and stopped again."""
-    running = subprocess.run(["pgrep", "-x", "iscsid"], capture_output=True, check=False).returncode == 0
-    if not running:
-        subprocess.run(["iscsid"], check=True, timeout=30)
-    try:
-        yield
-    finally:
-        if not running:
-            subprocess.run(["pkill", "-x", "iscsid"], check=False)
 
 
 def test_iscsi_login_to_a_tgtd_target_where_the_kernel_has_an_initiator(

@@ -3,9 +3,11 @@
 Covers parse (a table of good and bad specs), the bad-input corpus at reconcile time (libvirt, the
 ledger and the secret list unchanged), every pool type this machine can run (dir, fs on a loop-device
 ext4, netfs glusterfs on the local gluster volume, iscsi-direct on a tgtd target with and without
-CHAP, connectionRef on a posixfs connection), the clean failure of iscsi and logical on this kernel,
-ownership (Conflict), teardown that keeps volumes and files, the event-driven restart after an outside
-``pool-destroy`` and the reconnect + re-reconcile after a libvirtd restart.
+CHAP, connectionRef on a posixfs connection), the clean failure of iscsi and logical on this kernel
+and, where the kernel has the iSCSI initiator or device-mapper, real iscsi (tgtd) and logical (a VG on
+a loop device) pools (skipped here with preflight's reason), ownership (Conflict), teardown that
+keeps volumes and files, the event-driven restart after an outside ``pool-destroy`` and the
+reconnect + re-reconcile after a libvirtd restart.
 """
 
 from __future__ import annotations
@@ -448,6 +450,56 @@ def test_iscsi_and_logical_fail_cleanly_on_this_kernel(host: host_mod.Host, kind
     assert (res.phase, res.reason, res.retry) == ("Failed", "Unsupported", False)
     assert "kernel" in res.message
     assert libvirt_state() == before and host.ledger.entries() == []
+
+
+@pytest.mark.host
+def test_iscsi_pool_on_tgtd_where_the_kernel_has_an_initiator(
+    host: host_mod.Host, request: pytest.FixtureRequest
+) -> None:
+    """libvirt's iscsi backend logs in through iscsiadm (the kernel initiator) and lists the LUN."""
+    try:
+        libvirt_pools.preflight("iscsi")
+    except errors.Unsupported as exc:
+        pytest.skip(f"{exc.message}; the XML and the clean failure are tested above")
+    request.getfixturevalue("iscsid")
+    t = request.getfixturevalue("tgt_target")()
+    spec, res = apply(host, {"iscsi": {"host": "127.0.0.1", "port": 3260, "target": t.iqn}})
+    assert (res.phase, res.reason) == ("Running", "Running"), res.message
+    assert_witness(spec.libvirt_name, res.detail)
+    assert res.detail["volumes"] >= 1
+    assert storage_pool.reconcile(spec, host).changed is False
+    down = storage_pool.teardown(spec, host)
+    assert down.phase == "Detached", down.message
+    assert spec.libvirt_name not in libvirt_state()[0]
+    assert os.path.getsize(t.lun_path) == t.lun_bytes
+
+
+@pytest.mark.host
+def test_logical_pool_on_a_volume_group_where_the_kernel_has_device_mapper(
+    host: host_mod.Host, loop_device: Any
+) -> None:
+    """A logical pool starts on the admin's volume group; teardown leaves the VG and its LVs."""
+    try:
+        libvirt_pools.preflight("logical")
+    except errors.Unsupported as exc:
+        pytest.skip(f"{exc.message}; the XML and the clean failure are tested above")
+    dev = loop_device("ext4")
+    vg = f"hsvg{secrets.token_hex(3)}"
+    subprocess.run(["pvcreate", "-ff", "-y", "-q", dev], check=True, timeout=60)
+    subprocess.run(["vgcreate", "-q", vg, dev], check=True, timeout=60)
+    try:
+        spec, res = apply(host, {"logical": {"vgName": vg, "devices": [dev]}})
+        assert (res.phase, res.reason) == ("Running", "Running"), res.message
+        assert_witness(spec.libvirt_name, res.detail)
+        fixtures_libvirt.virsh("vol-create-as", spec.libvirt_name, "lv1", "4M")
+        down = storage_pool.teardown(spec, host)
+        assert down.phase == "Detached", down.message
+        lvs = subprocess.run(["lvs", "--noheadings", "-o", "lv_name", vg], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.split()  # fmt: skip
+        assert lvs == ["lv1"], "teardown must keep the volume group and its volumes"
+    finally:
+        subprocess.run(["vgremove", "-f", "-q", vg], check=False, timeout=60)
+        subprocess.run(["pvremove", "-q", dev], check=False, timeout=60)
 
 
 @pytest.mark.host
