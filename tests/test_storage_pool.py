@@ -557,6 +557,26 @@ def test_netfs_glusterfs_pool(host: host_mod.Host, gluster_volume: Any) -> None:
 
 
 @pytest.mark.host
+def test_netfs_nfs_pool_where_the_kernel_has_a_client(host: host_mod.Host) -> None:
+    try:
+        libvirt_pools.preflight("netfs", "nfs")
+    except errors.Unsupported as exc:
+        pytest.skip(f"{exc.message}; the XML and the clean failure are tested elsewhere")
+    export = os.environ.get("HOSTSTORAGE_TEST_NFS_EXPORT")
+    if not export:
+        pytest.skip("set HOSTSTORAGE_TEST_NFS_EXPORT=server:/path to an NFS export on a test host")
+    server, _, path = export.partition(":")
+    spec, res = apply(host, {"netfs": {"host": server, "dir": path, "format": "nfs"}})
+    assert (res.phase, res.reason) == ("Running", "Running"), res.message
+    target = res.detail["targetPath"]
+    assert any(m.target == target and m.fstype.startswith("nfs") for m in mounts.read_mounts())
+    assert_witness(spec.libvirt_name, res.detail)
+    down = storage_pool.teardown(spec, host)
+    assert down.phase == "Detached", down.message
+    assert not any(m.target == target for m in mounts.read_mounts())
+
+
+@pytest.mark.host
 @pytest.mark.parametrize("chap", [False, True], ids=["no-chap", "chap"])
 def test_iscsi_direct_pool_on_tgtd(
     host: host_mod.Host, tgt_target: Any, chap: bool, caplog: pytest.LogCaptureFixture
