@@ -129,15 +129,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
         cluster = fixtures_kube.Cluster(pathlib.Path(tmp), resync_seconds=args.resync_seconds)
         try:
-            cluster.kubectl("apply", "-f", str(fixtures_kube.CRDS))
-            for node in cluster.nodes:
-                cluster.create_node(node)
-            cluster.start_controller()
-            for node in cluster.nodes:
-                cluster.agent(node).start()
-            for proc in [*cluster.agents.values(), cluster.controller]:
-                assert proc is not None
-                cluster.wait_ready(proc)
+            cluster.start_world()
             time.sleep(2)
             print(f"idle: {rss_line(cluster)}")
 

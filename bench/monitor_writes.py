@@ -19,30 +19,16 @@ import pathlib
 import sys
 import tempfile
 import time
-from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import fixtures_kube  # noqa: E402
+from agent import ready, rss_mb  # noqa: E402  (bench/agent.py: the same readiness and RSS)
 
 DMON = ("hoststorage.io", "v1alpha1", "domainmonitors")
 NODE = "node-a"
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def ready(obj: dict[str, Any] | None) -> bool:
-    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return c.get("status") == "True"
-    return False
 
 
 def main() -> int:
@@ -55,15 +41,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="hs-bench-") as tmp:
         cluster = fixtures_kube.Cluster(pathlib.Path(tmp), resync_seconds=args.resync_seconds)
         try:
-            cluster.kubectl("apply", "-f", str(fixtures_kube.CRDS))
-            for node in cluster.nodes:
-                cluster.create_node(node)
-            cluster.start_controller()
-            for node in cluster.nodes:
-                cluster.agent(node).start()
-            for proc in [*cluster.agents.values(), cluster.controller]:
-                assert proc is not None
-                cluster.wait_ready(proc)
+            cluster.start_world()
             assert cluster.runner is not None and cluster.emulator is not None
             emulator, runner = cluster.emulator, cluster.runner
             names = [f"mon-{i:04d}" for i in range(args.monitors)]

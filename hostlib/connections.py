@@ -28,6 +28,7 @@ import errno
 import logging
 import os
 import re
+from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from hostlib import actions, commands, errors, iscsi, mounts, paths
@@ -515,16 +516,16 @@ class MountConnection:
             prefix=self.prefix,
         )
 
-    def _check_access(self) -> None:
-        read_only = "ro" in self.options
-        argv = _access_argv(self.mount_point, read_only)
+    def _access_ok(self, argv: Sequence[str], what: str) -> bool:
         try:
             result = self.host.runner(argv, timeout=self.host.command_timeout, check=False)
         except commands.CommandError as exc:
-            raise errors.PermissionDenied(
-                f"access check on {self.mount_point} failed: {exc.tool_message}"
-            ) from exc
-        if result.rc != 0:
+            raise errors.PermissionDenied(f"{what} on {self.mount_point} failed: {exc.tool_message}") from exc
+        return result.rc == 0
+
+    def _check_access(self) -> None:
+        read_only = "ro" in self.options
+        if not self._access_ok(_access_argv(self.mount_point, read_only), "access check"):
             want = "r-x" if read_only else "rwx"
             raise errors.PermissionDenied(
                 f"{self.mount_point}: the agent has no {want} access to {self.source}"
@@ -533,14 +534,7 @@ class MountConnection:
         if qemu is None:
             return
         name, uid, gid = qemu
-        argv = qemu_access_argv(self.mount_point, uid, gid)
-        try:
-            result = self.host.runner(argv, timeout=self.host.command_timeout, check=False)
-        except commands.CommandError as exc:
-            raise errors.PermissionDenied(
-                f"qemu access check on {self.mount_point} failed: {exc.tool_message}"
-            ) from exc
-        if result.rc != 0:
+        if not self._access_ok(qemu_access_argv(self.mount_point, uid, gid), "qemu access check"):
             raise errors.PermissionDenied(
                 f"{self.mount_point}: qemu (user {name}, uid {uid}) has no r-x access to {self.source}; "
                 "VMs could not use it (check the export's or the filesystem's permissions and the path "

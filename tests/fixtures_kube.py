@@ -198,6 +198,20 @@ class Cluster:
 
     # ---- nodes and processes
 
+    def start_world(self, node_labels: dict[str, str] | None = None) -> None:
+        """The CRDs, the Nodes, the controller and one agent per node; returns once all are ready."""
+        self.kubectl("apply", "-f", str(CRDS))
+        if self.real:
+            self.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        for node in self.nodes:
+            self.create_node(node, node_labels)
+        self.start_controller()
+        for node in self.nodes:
+            self.agent(node).start()
+        for proc in [*self.agents.values(), self.controller]:
+            assert proc is not None
+            self.wait_ready(proc)
+
     def create_node(self, name: str, labels: dict[str, str] | None = None) -> None:
         self.apply(
             {
@@ -316,17 +330,7 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         pytest.skip("needs root: the agents mount for real")
     cluster = Cluster(tmp_path_factory.mktemp("e2e"))
     try:
-        cluster.kubectl("apply", "-f", str(CRDS))
-        if cluster.real:
-            cluster.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
-        for node in cluster.nodes:
-            cluster.create_node(node, {"hoststorage.io/e2e": "yes"})
-        cluster.start_controller()
-        for node in cluster.nodes:
-            cluster.agent(node).start()
-        for proc in [*cluster.agents.values(), cluster.controller]:
-            assert proc is not None
-            cluster.wait_ready(proc)
+        cluster.start_world({"hoststorage.io/e2e": "yes"})
         yield cluster
     except BaseException:
         print(cluster.dump_logs())
