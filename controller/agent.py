@@ -673,29 +673,13 @@ class Agent:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--health-port",
-        dest="health_port",
-        type=int,
-        default=None,
-        help="port of /healthz and /readyz (env HOSTSTORAGE_HEALTH_PORT; default 8080; 0 off)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        dest="metrics_port",
-        type=int,
-        default=None,
-        help="port of /metrics (env HOSTSTORAGE_METRICS_PORT; default 9090; 0 off)",
-    )
+    kube.add_process_arguments(parser, workers_help="objects reconciled at once (default 4)")
     parser.add_argument(
         "--resync-seconds",
         dest="resync_seconds",
         type=float,
         default=None,
         help="re-reconcile every object this often, jittered (default 60)",
-    )
-    parser.add_argument(
-        "--workers", dest="workers", type=int, default=None, help="objects reconciled at once (default 4)"
     )
     parser.add_argument(
         "--shutdown-timeout",
@@ -709,12 +693,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="profile_dir",
         default=None,
         help="write CPU and memory profiles here on exit and SIGUSR1 (default off)",
-    )
-    parser.add_argument(
-        "--kubeconfig",
-        dest="kubeconfig",
-        default=None,
-        help="kubeconfig file (env KUBECONFIG; default in-cluster, else ~/.kube/config)",
     )
     parser.add_argument(
         "--node-name",

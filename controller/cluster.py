@@ -400,23 +400,7 @@ class Controller:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--health-port",
-        dest="health_port",
-        type=int,
-        default=None,
-        help="port of /healthz and /readyz (default 8080; 0 off)",
-    )
-    parser.add_argument(
-        "--metrics-port",
-        dest="metrics_port",
-        type=int,
-        default=None,
-        help="port of /metrics (default 9090; 0 off)",
-    )
-    parser.add_argument(
-        "--workers", dest="workers", type=int, default=None, help="parallel roll-ups (default 4)"
-    )
+    kube.add_process_arguments(parser, workers_help="parallel roll-ups (default 4)")
     parser.add_argument(
         "--node-gone-grace",
         dest="node_gone_grace",
@@ -437,12 +421,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="lease_name",
         default=None,
         help="leader-election Lease name (default hoststorage-controller)",
-    )
-    parser.add_argument(
-        "--kubeconfig",
-        dest="kubeconfig",
-        default=None,
-        help="kubeconfig file (env KUBECONFIG; default in-cluster, else ~/.kube/config)",
     )
 
 

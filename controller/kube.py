@@ -13,6 +13,7 @@ is what the reconcilers' ``parse`` takes.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import logging
@@ -414,4 +415,29 @@ def register_watches(registry: Any, target: WatchTarget, kinds: Iterable[str]) -
     kopf.on.event("", "v1", "nodes", registry=registry, id="nodes")(node_event)
     kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
         state_event
+    )
+
+
+def add_process_arguments(parser: argparse.ArgumentParser, *, workers_help: str) -> None:
+    """The flags the agent and the controller share: probe and metrics ports, workers, kubeconfig."""
+    parser.add_argument(
+        "--health-port",
+        dest="health_port",
+        type=int,
+        default=None,
+        help="port of /healthz and /readyz (env HOSTSTORAGE_HEALTH_PORT; default 8080; 0 off)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        dest="metrics_port",
+        type=int,
+        default=None,
+        help="port of /metrics (env HOSTSTORAGE_METRICS_PORT; default 9090; 0 off)",
+    )
+    parser.add_argument("--workers", dest="workers", type=int, default=None, help=workers_help)
+    parser.add_argument(
+        "--kubeconfig",
+        dest="kubeconfig",
+        default=None,
+        help="kubeconfig file (env KUBECONFIG; default in-cluster, else ~/.kube/config)",
     )
