@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import time
 
 import pytest
+from fake_runner import FakeRunner
 
 from hostlib import commands, errors
 
@@ -140,3 +142,11 @@ def test_which_searches_sbin() -> None:
     assert commands.which("hoststorage-no-such-tool") is None
     if os.path.exists("/usr/sbin/losetup"):
         assert commands.which("losetup") is not None
+
+
+def test_the_tests_fake_runner_has_the_real_call_signature() -> None:
+    """tests/fake_runner.py stands in for Runner in argv-level tests: same parameters, same defaults."""
+    fake_sig = inspect.signature(FakeRunner.__call__, eval_str=True)
+    assert fake_sig == inspect.signature(commands.Runner.__call__, eval_str=True)
+    fake = FakeRunner()
+    assert fake(["true"], timeout=1) == commands.Result(("true",), 0, "", "", 0.0)

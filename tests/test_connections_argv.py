@@ -10,24 +10,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 
 import pytest
+from fake_runner import FakeRunner
 
 from hostlib import commands, config, connections, errors, mounts
 
 # ------------------------------------------------------------------------------------------ the fake
 
 
-class FakeHost:
+class FakeHost(FakeRunner):
     """Replaces commands.Runner and /proc/self/mountinfo: records argv, keeps a mount table.
 
     ``fail[prefix] = (rc, output)`` makes every command starting with ``prefix`` fail.
     """
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, ...]] = []
-        self.secrets: list[tuple[str, ...]] = []
+        super().__init__()
         self.table: list[mounts.MountRecord] = []
         self.fail: dict[tuple[str, ...], tuple[int, str]] = {}
         self.answers: dict[tuple[str, ...], str] = {}
@@ -42,32 +42,16 @@ class FakeHost:
     def read_mounts(self, path: str = mounts.MOUNTINFO) -> list[mounts.MountRecord]:
         return list(self.table)
 
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        secrets: Sequence[str] = (),
-        input_text: str | None = None,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> commands.Result:
-        argv = tuple(argv)
-        assert timeout > 0
-        self.calls.append(argv)
-        self.secrets.append(tuple(secrets))
+    def answer(self, argv: tuple[str, ...], secrets: tuple[str, ...]) -> tuple[int, str, str]:
         for prefix, (rc, out) in self.fail.items():
             if argv[: len(prefix)] == prefix:
-                if check:
-                    raise commands.CommandError(argv, rc, out)
-                return commands.Result(argv, rc, "", out, 0.0)
+                return rc, "", out
         core = argv[3:] if argv[0] == "systemd-run" else argv
         if core[0] == "mount":
             self.add_mount(core[-2], core[-1], core[2])
         elif core[0] == "umount":
             self.table = [r for r in self.table if r.target != core[-1]]
-        out = next((o for p, o in self.answers.items() if argv[: len(p)] == p), "")
-        return commands.Result(argv, 0, out, "", 0.0)
+        return 0, next((o for p, o in self.answers.items() if argv[: len(p)] == p), ""), ""
 
 
 @pytest.fixture

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import pytest
+from fake_runner import FakeRunner
 
 from hostlib import commands, config, connections, errors, iscsi
 
@@ -14,38 +15,22 @@ T = "iqn.2003-01.org.example:store.t1"
 P = "10.0.0.5:3260"
 
 
-class IscsiadmRecorder:
+class IscsiadmRecorder(FakeRunner):
     """Replaces commands.Runner for iscsiadm: records argv and secrets, answers per (mode, op)."""
 
     def __init__(self, sessions: str = "", rcs: Mapping[str, tuple[int, str]] | None = None) -> None:
+        super().__init__()
         self.sessions = sessions
         self.rcs = dict(rcs or {})
-        self.calls: list[tuple[str, ...]] = []
-        self.secrets: list[tuple[str, ...]] = []
 
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        secrets: Sequence[str] = (),
-        input_text: str | None = None,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> commands.Result:
-        argv = tuple(argv)
-        self.calls.append(argv)
-        self.secrets.append(tuple(secrets))
+    def answer(self, argv: tuple[str, ...], secrets: tuple[str, ...]) -> tuple[int, str, str]:
         key = " ".join(argv[1:3]) + (" " + argv[-1] if argv[-1] in ("-l", "-u", "delete", "new") else "")
         rc, out = self.rcs.get(key, (0, ""))
         stdout = ""
         if argv[:3] == ("iscsiadm", "-m", "session"):
             rc, stdout = (0, self.sessions) if self.sessions else (21, "")
             out = "" if self.sessions else "iscsiadm: No active sessions."
-        out = commands.redact(out, secrets)
-        if check and rc != 0:
-            raise commands.CommandError(argv, rc, out)
-        return commands.Result(argv, rc, stdout, out, 0.0)
+        return rc, stdout, commands.redact(out, secrets)
 
 
 def make(tmp_path: pathlib.Path, runner: IscsiadmRecorder, **kw: object) -> connections.IscsiConnection:

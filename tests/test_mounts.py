@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
 
 import pytest
+from fake_runner import FakeRunner
 
-from hostlib import commands, errors, mounts
+from hostlib import errors, mounts
 
 
 def fake_loops(dev: str) -> str | None:
@@ -343,28 +343,16 @@ def test_mount_and_umount_argv() -> None:
     assert mounts.umount_argv("/b/x", lazy=True, force=True) == ("umount", "-f", "-l", "/b/x")
 
 
-class ScriptedRunner:
+class ScriptedRunner(FakeRunner):
     """Replaces commands.Runner: records argv, answers with a fixed rc and output."""
 
     def __init__(self, rc: int, output: str = "") -> None:
+        super().__init__()
         self.rc = rc
         self.output = output
-        self.calls: list[tuple[str, ...]] = []
 
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        secrets: Sequence[str] = (),
-        input_text: str | None = None,
-        check: bool = True,
-        env: object = None,
-    ) -> commands.Result:
-        self.calls.append(tuple(argv))
-        if check and self.rc != 0:
-            raise commands.CommandError(argv, self.rc, self.output)
-        return commands.Result(tuple(argv), self.rc, "", self.output, 0.0)
+    def answer(self, argv: tuple[str, ...], secrets: tuple[str, ...]) -> tuple[int, str, str]:
+        return self.rc, "", self.output
 
 
 def test_busy_umount_is_in_use() -> None:

@@ -4,35 +4,25 @@ from __future__ import annotations
 
 import pathlib
 import time
-from collections.abc import Mapping, Sequence
 
 import pytest
+from fake_runner import FakeRunner
 
-from hostlib import commands, config, preflight
+from hostlib import config, preflight
 
 
-class ModprobeRecorder:
+class ModprobeRecorder(FakeRunner):
     """Replaces commands.Runner: every modprobe fails (or succeeds) as told; records the modules asked."""
 
     def __init__(self, ok: bool) -> None:
+        super().__init__()
         self.ok = ok
         self.modules: list[str] = []
 
-    def __call__(
-        self,
-        argv: Sequence[str],
-        *,
-        timeout: float,
-        secrets: Sequence[str] = (),
-        input_text: str | None = None,
-        check: bool = True,
-        env: Mapping[str, str] | None = None,
-    ) -> commands.Result:
+    def answer(self, argv: tuple[str, ...], secrets: tuple[str, ...]) -> tuple[int, str, str]:
         assert argv[0] == "modprobe"
         self.modules.append(argv[1])
-        if not self.ok:
-            raise commands.CommandError(argv, 1, f"modprobe: FATAL: Module {argv[1]} not found")
-        return commands.Result(tuple(argv), 0, "", "", 0.0)
+        return (0, "", "") if self.ok else (1, "", f"modprobe: FATAL: Module {argv[1]} not found")
 
 
 def write_fs(tmp_path: pathlib.Path, names: list[str]) -> str:
