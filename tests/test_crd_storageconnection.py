@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import copy
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
-import celpy
-import jsonschema
+import crd_schema
 import kubernetes_validate
 import pytest
 import yaml
@@ -26,23 +24,6 @@ CRD_PATH = pathlib.Path(__file__).resolve().parent.parent / "crds" / "storagecon
 CRD = yaml.safe_load(CRD_PATH.read_text())
 VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
-
-SCHEMA_KEYWORDS = {
-    "type", "description", "properties", "required", "items", "enum", "default", "pattern", "minLength",
-    "maxLength", "minimum", "maximum", "maxItems", "maxProperties", "additionalProperties", "format",
-    "x-kubernetes-validations", "x-kubernetes-map-type", "x-kubernetes-list-type",
-    "x-kubernetes-list-map-keys", "x-kubernetes-preserve-unknown-fields",
-}  # fmt: skip
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, node
-    for name, child in (node.get("properties") or {}).items():
-        yield from walk(child, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{}}")
 
 
 def test_names_scope_and_subresources() -> None:
@@ -65,8 +46,8 @@ def test_the_crd_object_is_valid_apiextensions_v1() -> None:
 
 
 def test_schema_is_structural_and_explained() -> None:
-    for path, node in walk(SCHEMA):
-        unknown = set(node) - SCHEMA_KEYWORDS
+    for path, node in crd_schema.walk(SCHEMA):
+        unknown = set(node) - crd_schema.SCHEMA_KEYWORDS
         assert not unknown, f"{path}: unknown schema keywords {unknown}"
         assert "type" in node, f"{path}: every schema node needs a type"
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -119,48 +100,9 @@ def test_spec_field_names_follow_the_design() -> None:
 
 # ----------------------------------------------------------------------------------- instance checks
 
-_ENV = celpy.Environment()
-
-
-def _json_schema(node: Any) -> Any:
-    """The OpenAPI schema as a JSON schema: drop the Kubernetes extensions, which jsonschema ignores."""
-    if isinstance(node, dict):
-        return {k: _json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-    if isinstance(node, list):
-        return [_json_schema(v) for v in node]
-    return node
-
-
-def cel_failures(node: dict[str, Any], value: Any, old: Any = None) -> list[str]:
-    """Messages of the x-kubernetes-validations rules failing on ``value`` (``old``: transition rules)."""
-    out: list[str] = []
-    for rule in node.get("x-kubernetes-validations", []):
-        uses_old = "oldSelf" in rule["rule"]
-        if uses_old and old is None:
-            continue
-        activation = {"self": celpy.json_to_cel(value)}
-        if uses_old:
-            activation["oldSelf"] = celpy.json_to_cel(old)
-        result = _ENV.program(_ENV.compile(rule["rule"])).evaluate(activation)
-        if not bool(result):
-            out.append(rule["message"])
-    if isinstance(value, dict):
-        for name, child in (node.get("properties") or {}).items():
-            if name in value:
-                old_child = old.get(name) if isinstance(old, dict) else None
-                out += cel_failures(child, value[name], old_child)
-    if isinstance(value, list) and isinstance(node.get("items"), dict):
-        for item in value:
-            out += cel_failures(node["items"], item)
-    return out
-
 
 def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    validator = jsonschema.Draft7Validator(_json_schema(SCHEMA))
-    found = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
-    if not found:
-        found = cel_failures(SCHEMA, obj, old)
-    return found
+    return crd_schema.crd_errors(SCHEMA, obj, old)
 
 
 def obj(spec: dict[str, Any]) -> dict[str, Any]:

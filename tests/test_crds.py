@@ -19,10 +19,11 @@ import copy
 import pathlib
 import re
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import celpy
+import crd_schema
 import jsonschema
 import kubernetes_validate
 import pytest
@@ -62,16 +63,6 @@ def schema_of(kind: str) -> dict[str, Any]:
     storage = next(v for v in versions if v.get("storage"))
     schema: dict[str, Any] = storage["schema"]["openAPIV3Schema"]
     return schema
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, node
-    for name, child in (node.get("properties") or {}).items():
-        yield from walk(child, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{}}")
 
 
 # ---- the chart's copy
@@ -129,7 +120,7 @@ def test_schema_is_structural(kind: str) -> None:
     meta = root.get("properties", {}).get("metadata", {})
     assert set(meta) <= {"type", "description", "properties"}, "metadata may only restrict name/generateName"
     assert set(meta.get("properties", {})) <= {"name", "generateName"}
-    for path, node in walk(root):
+    for path, node in crd_schema.walk(root):
         where = f"{kind}{path or '.'}"
         assert not STRUCTURAL_FORBIDDEN & set(node), f"{where}: {STRUCTURAL_FORBIDDEN & set(node)}"
         exempt = node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
@@ -148,7 +139,7 @@ def test_schema_is_structural(kind: str) -> None:
             for key in node.get("x-kubernetes-list-map-keys", []):
                 assert key in item.get("required", []) or "default" in item["properties"][key], where
         if "default" in node:
-            jsonschema.Draft4Validator(_plain(node)).validate(node["default"])
+            jsonschema.Draft4Validator(crd_schema.json_schema(node)).validate(node["default"])
         if "enum" in node and node.get("type") == "string":
             assert all(isinstance(v, str) for v in node["enum"]), where
 
@@ -176,15 +167,6 @@ def test_cel_rules_have_bounded_inputs(kind: str) -> None:
 
 
 # ---- admission: defaults, OpenAPI schema, CEL
-
-
-def _plain(node: Any) -> Any:
-    """The schema without Kubernetes extensions, for jsonschema."""
-    if isinstance(node, dict):
-        return {k: _plain(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    return node
 
 
 def apply_defaults(node: dict[str, Any], value: Any) -> Any:
@@ -304,7 +286,8 @@ def admit(kind: str, spec: dict[str, Any], old_spec: dict[str, Any] | None = Non
         return apply_defaults(schema, obj)
 
     new = manifest(spec)
-    errors = sorted(e.message for e in jsonschema.Draft4Validator(_plain(schema)).iter_errors(new))
+    validator = jsonschema.Draft4Validator(crd_schema.json_schema(schema))
+    errors = sorted(e.message for e in validator.iter_errors(new))
     assert not errors, f"{kind} spec {spec} fails the OpenAPI schema (the case must test CEL): {errors}"
     old = manifest(old_spec) if old_spec is not None else None
     return cel_violations(kind, new, old)
@@ -574,7 +557,7 @@ def test_every_cel_rule_is_exercised() -> None:
             admit(kind, new, old)
     missing_hold, missing_fail = [], []
     for kind in sorted(CRDS):
-        for path, node in walk(schema_of(kind)):
+        for path, node in crd_schema.walk(schema_of(kind)):
             for rule_def in node.get("x-kubernetes-validations", []) or []:
                 key = (kind, path, rule_def["rule"])
                 if key not in SEEN.held:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import copy
 import pathlib
-from collections.abc import Iterator
 from typing import Any
 
-import celpy
-import jsonschema
+import crd_schema
 import pytest
 import yaml
 
@@ -26,58 +24,9 @@ VERSION = CRD["spec"]["versions"][0]
 SCHEMA = VERSION["schema"]["openAPIV3Schema"]
 SPEC = SCHEMA["properties"]["spec"]
 
-SCHEMA_KEYWORDS = {
-    "type", "description", "properties", "required", "items", "enum", "default", "pattern", "minLength",
-    "maxLength", "minimum", "maximum", "maxItems", "maxProperties", "additionalProperties", "format",
-    "x-kubernetes-validations", "x-kubernetes-map-type", "x-kubernetes-list-type",
-    "x-kubernetes-list-map-keys", "x-kubernetes-preserve-unknown-fields",
-}  # fmt: skip
-_ENV = celpy.Environment()
-
-
-def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
-    yield path, node
-    for name, child in (node.get("properties") or {}).items():
-        yield from walk(child, f"{path}.{name}")
-    if isinstance(node.get("items"), dict):
-        yield from walk(node["items"], f"{path}[]")
-    if isinstance(node.get("additionalProperties"), dict):
-        yield from walk(node["additionalProperties"], f"{path}{{}}")
-
-
-def _json_schema(node: Any) -> Any:
-    if isinstance(node, dict):
-        return {k: _json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-    if isinstance(node, list):
-        return [_json_schema(v) for v in node]
-    return node
-
-
-def cel_failures(node: dict[str, Any], value: Any, old: Any = None) -> list[str]:
-    out: list[str] = []
-    for rule in node.get("x-kubernetes-validations", []):
-        uses_old = "oldSelf" in rule["rule"]
-        if uses_old and old is None:
-            continue
-        activation = {"self": celpy.json_to_cel(value)}
-        if uses_old:
-            activation["oldSelf"] = celpy.json_to_cel(old)
-        if not bool(_ENV.program(_ENV.compile(rule["rule"])).evaluate(activation)):
-            out.append(rule["message"])
-    if isinstance(value, dict):
-        for name, child in (node.get("properties") or {}).items():
-            if name in value:
-                out += cel_failures(child, value[name], old.get(name) if isinstance(old, dict) else None)
-    if isinstance(value, list) and isinstance(node.get("items"), dict):
-        for item in value:
-            out += cel_failures(node["items"], item)
-    return out
-
 
 def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[str]:
-    validator = jsonschema.Draft7Validator(_json_schema(SCHEMA))
-    found = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)]
-    return found or cel_failures(SCHEMA, obj, old)
+    return crd_schema.crd_errors(SCHEMA, obj, old)
 
 
 def obj(spec: dict[str, Any]) -> dict[str, Any]:
@@ -98,8 +47,8 @@ def test_names_scope_subresources_and_columns() -> None:
 
 
 def test_schema_is_structural_and_explained() -> None:
-    for path, node in walk(SCHEMA):
-        unknown = set(node) - SCHEMA_KEYWORDS
+    for path, node in crd_schema.walk(SCHEMA):
+        unknown = set(node) - crd_schema.SCHEMA_KEYWORDS
         assert not unknown, f"{path}: unknown schema keywords {unknown}"
         assert "type" in node, f"{path}: every schema node needs a type"
         if path.startswith(".spec") and not path.endswith("[]") and not path.endswith("{}"):
