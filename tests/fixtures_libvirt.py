@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from hostlib import libvirt_pools
+
 URI = "qemu:///system"
 LIBVIRTD_PID = "/run/libvirtd.pid"
 
@@ -236,3 +238,14 @@ def iscsid() -> Iterator[None]:
     finally:
         if not running:
             subprocess.run(["pkill", "-x", "iscsid"], check=False)
+
+
+@pytest.fixture
+def layer(libvirtd: str) -> Iterator[libvirt_pools.PoolLayer]:
+    """A started pool layer on the test libvirtd (fast reconnect backoff), closed afterwards."""
+    lay = libvirt_pools.PoolLayer(libvirtd, backoff=(0.1, 1.0))
+    assert lay.connect()
+    try:
+        yield lay
+    finally:
+        lay.close()

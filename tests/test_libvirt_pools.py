@@ -151,16 +151,6 @@ def _name() -> str:
 
 
 @pytest.fixture
-def layer(libvirtd: str) -> Iterator[libvirt_pools.PoolLayer]:
-    lay = libvirt_pools.PoolLayer(libvirtd, backoff=(0.1, 1.0))
-    assert lay.connect()
-    try:
-        yield lay
-    finally:
-        lay.close()
-
-
-@pytest.fixture
 def dir_pool(layer: libvirt_pools.PoolLayer, tmp_path: os.PathLike[str]) -> Iterator[str]:
     name = _name()
     layer.define(libvirt_pools.PoolDefinition(name=name, type="dir", target_path=os.path.join(tmp_path, "t")))

@@ -201,16 +201,6 @@ def _uniq() -> str:
     return f"hs-t-{secrets.token_hex(4)}"
 
 
-@pytest.fixture
-def layer(libvirtd: str) -> Iterator[libvirt_pools.PoolLayer]:
-    lay = libvirt_pools.PoolLayer(libvirtd, backoff=(0.1, 1.0))
-    assert lay.connect()
-    try:
-        yield lay
-    finally:
-        lay.close()
-
-
 class SecretStore:
     """The ``secret_lookup`` of a Host, like local mode's Secrets from the same files."""
 
