@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from hostlib import actions, checker, domain_metadata, errors, ledger, paths
-from reconcilers import status
+from reconcilers import status, storage_connection
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,6 @@ REPORT_INTERVAL_RANGE = (1, 86400)
 DEFAULT_INTERVAL = 10
 DEFAULT_READ_DELAY_WARNING = 5.0
 DEFAULT_REPORT_INTERVAL = 300
-MAX_SELECTOR_ITEMS = 64
 
 # ---------------------------------------------------------------------------------------------- spec
 
@@ -152,12 +151,7 @@ def parse(obj: Mapping[str, Any]) -> Spec:
         "spec",
     )
     selector = _mapping(spec.get("nodeSelector") or {}, "spec.nodeSelector")
-    _no_extra(selector, {"matchLabels", "matchExpressions"}, "spec.nodeSelector")
-    for key in ("matchLabels", "matchExpressions"):
-        items = selector.get(key)
-        if items is not None and len(items) > MAX_SELECTOR_ITEMS:
-            raise errors.InvalidSpec(f"more than {MAX_SELECTOR_ITEMS} items",
-                                     field=f"spec.nodeSelector.{key}")
+    storage_connection.parse_node_selector(selector)
     if spec.get("target") is None:
         raise errors.InvalidSpec("is required", field="spec.target")
     target = _parse_target(spec["target"])

@@ -320,7 +320,9 @@ def _parse_localfs(block: Mapping[str, Any], field: str) -> dict[str, Any]:
     return {"path": _abs_path(block["path"], f"{field}.path")}
 
 
-def _parse_selector(value: object, field: str) -> NodeSelector:
+def parse_node_selector(value: object, field: str = "spec.nodeSelector") -> NodeSelector:
+    """A ``metav1.LabelSelector`` checked in full (keys, values, operators, limits); every kind uses this,
+    so a selector the agent could not evaluate is an ``InvalidSpec`` naming the field, never "all nodes"."""
     if value is None:
         return NodeSelector()
     sel = _mapping(value, field)
@@ -434,7 +436,7 @@ def parse(obj: Mapping[str, Any]) -> ConnectionSpec:
         fields, ref = _parse_iscsi(block, field)
     else:
         fields = _parse_localfs(block, field)
-    selector = _parse_selector(spec.get("nodeSelector"), "spec.nodeSelector")
+    selector = parse_node_selector(spec.get("nodeSelector"))
     raw_spec = {"type": conn_type, "deletionPolicy": policy, conn_type: dict(block)}
     if spec.get("nodeSelector") is not None:
         raw_spec["nodeSelector"] = spec["nodeSelector"]

@@ -354,6 +354,7 @@ def parse(obj: Mapping[str, Any]) -> PoolSpec:
     selector = spec.get("nodeSelector") or {}
     if not isinstance(selector, Mapping):
         raise errors.InvalidSpec("must be a label selector object", field="spec.nodeSelector")
+    storage_connection.parse_node_selector(selector)
     return PoolSpec(
         name=name,
         libvirt_name=libvirt_name,

@@ -75,6 +75,13 @@ BAD: list[tuple[str, dict[str, Any], str]] = [
     ("report interval zero", {"target": T, "reportIntervalSeconds": 0}, "out of range"),
     ("unknown field", {"target": T, "intervalSecs": 5}, "unknown field"),
     ("selector not a map", {"target": T, "nodeSelector": ["a"]}, "spec.nodeSelector"),
+    ("selector operator",
+     {"target": T, "nodeSelector": {"matchExpressions": [{"key": "a", "operator": "X"}]}},
+     "'X' is not one of In, NotIn, Exists, DoesNotExist"),
+    ("selector Exists with values",
+     {"target": T, "nodeSelector": {"matchExpressions": [
+         {"key": "a", "operator": "Exists", "values": ["v"]}]}},
+     "must be empty for operator Exists"),
 ]
 
 

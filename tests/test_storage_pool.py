@@ -119,6 +119,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"dir": {"path": "/a"}, "deletionPolicy": "Delete"}, "must be one of"),
     ({"dir": {"path": "/a"}, "volumes": []}, "unknown field(s) 'volumes'"),
     ({"dir": {"path": "/a"}, "nodeSelector": "all"}, "label selector"),
+    ({"dir": {"path": "/a"}, "nodeSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}},
+     "must not be empty for operator In"),
+    ({"dir": {"path": "/a"}, "nodeSelector": {"matchLabels": {"a": "b c"}}}, "not a valid label value"),
 ]
 # XML-special characters in every string field
 for nasty in XML_NASTY:
