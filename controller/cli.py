@@ -1,6 +1,7 @@
 """The ``hoststorage`` command: the composition root of every mode.
 
-It parses the command line, builds :class:`controller.settings.Settings` once (flags, then
+It parses the command line (the global flags of :data:`GLOBAL_FLAGS` before or after the subcommand's
+name, the one after winning), builds :class:`controller.settings.Settings` once (flags, then
 ``HOSTSTORAGE_*`` environment variables, then defaults), sets up logging, and hands over to one
 subcommand. Each subcommand is one line in :data:`SUBCOMMANDS`: its name, a help line, and the module
 (imported only when that subcommand runs, so ``apply`` never pays for kopf) with the names of the
@@ -50,6 +51,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("monitor", "watch the manifests' DomainMonitors in the foreground", "controller.monitor_cmd"),
     Subcommand("agent", "the node agent: reconcile this node against the cluster", "controller.agent"),
     Subcommand("controller", "the cluster controller: roll-ups, finalizers, clean-up", "controller.cluster"),
+    Subcommand("completion", "print a bash or zsh completion script", "controller.completion"),
 )
 
 # Exit codes: 0 success / everything Ready, 1 some object not Ready, 2 usage or input error.
@@ -63,43 +65,88 @@ def version() -> str:
         return "unknown"
 
 
-def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
-    """The full parser; only the ``chosen`` subcommand's module is imported and given its arguments."""
+@dataclasses.dataclass(frozen=True)
+class GlobalFlag:
+    """A flag every subcommand takes, before or after its name (like kubectl's and helm's)."""
+
+    flag: str
+    dest: str
+    """The :class:`controller.settings.Settings` field it sets."""
+    metavar: str
+    help: str
+    repeatable: bool = False
+
+
+GLOBAL_FLAGS: tuple[GlobalFlag, ...] = (
+    GlobalFlag("--state-dir", "state_dir", "DIR",
+               "ledger, host lock and probe files (env HOSTSTORAGE_STATE_DIR; default /var/lib/hoststorage)"),
+    GlobalFlag("--mount-base", "mount_base", "DIR",
+               "root of every mount point and link (env HOSTSTORAGE_MOUNT_BASE; default <state-dir>/mnt)"),
+    GlobalFlag("--allowed-host-path", "allowed_host_paths", "DIR",
+               "a directory localfs connections, dir pools and hostPath monitors may use; repeatable "
+               "(env HOSTSTORAGE_ALLOWED_HOST_PATHS, colon-separated)", repeatable=True),
+    GlobalFlag("--libvirt-uri", "libvirt_uri", "URI",
+               "libvirt connection for StoragePools (env HOSTSTORAGE_LIBVIRT_URI; default qemu:///system)"),
+    GlobalFlag("--log-level", "log_level", "LEVEL",
+               "DEBUG, INFO, WARNING (default) or ERROR (env HOSTSTORAGE_LOG_LEVEL)"),
+)
+_AFTER = "after_command_"
+"""Prefix of the destinations the copies after the subcommand write to (merged by :func:`merge_globals`)."""
+
+
+def add_global_arguments(parser: argparse.ArgumentParser, *, after: bool) -> None:
+    """The global flags, on the top-level parser (``after=False``) or on a subcommand's.
+
+    Before the subcommand they default to None ("not given": :meth:`Settings.build` then reads the
+    environment); after it they leave no trace unless given, so :func:`merge_globals` can tell.
+    """
+    title = "global options (also accepted before the command; given here, they win)" if after else (
+        "global options (also accepted after the command)")
+    group = parser.add_argument_group(title)
+    group.add_argument("--version", action="version", version=f"hoststorage {version()}")
+    for spec in GLOBAL_FLAGS:
+        group.add_argument(
+            spec.flag,
+            dest=_AFTER + spec.dest if after else spec.dest,
+            action="append" if spec.repeatable else "store",
+            default=argparse.SUPPRESS if after else None,
+            metavar=spec.metavar,
+            help=spec.help,
+        )
+
+
+def merge_globals(args: argparse.Namespace) -> argparse.Namespace:
+    """Fold the global flags given after the subcommand into ``args``: a single-valued flag given after
+    wins over the same flag before; a repeatable one adds up (every ``--allowed-host-path`` counts)."""
+    for spec in GLOBAL_FLAGS:
+        key = _AFTER + spec.dest
+        if not hasattr(args, key):
+            continue
+        value = getattr(args, key)
+        delattr(args, key)
+        if spec.repeatable:
+            value = [*(getattr(args, spec.dest, None) or []), *value]
+        setattr(args, spec.dest, value)
+    return args
+
+
+def build_parser(chosen: str | None = None, *, every: bool = False) -> argparse.ArgumentParser:
+    """The full parser; only the ``chosen`` subcommand's module is imported and given its arguments
+    (``every``: all of them, for shell completion)."""
     parser = argparse.ArgumentParser(
         prog="hoststorage",
         description="Declarative host storage: connections, libvirt pools and domain monitors.",
     )
-    parser.add_argument("--version", action="version", version=f"hoststorage {version()}")
-    # Global flags default to None so Settings.build can tell "not given" from a value.
-    parser.add_argument(
-        "--state-dir", dest="state_dir", default=None, metavar="DIR",
-        help="ledger, host lock and probe files (env HOSTSTORAGE_STATE_DIR; default /var/lib/hoststorage)",
-    )
-    parser.add_argument(
-        "--mount-base", dest="mount_base", default=None, metavar="DIR",
-        help="root of every mount point and link (env HOSTSTORAGE_MOUNT_BASE; default <state-dir>/mnt)",
-    )
-    parser.add_argument(
-        "--allowed-host-path", dest="allowed_host_paths", action="append", default=None, metavar="DIR",
-        help="a directory localfs connections, dir pools and hostPath monitors may use; repeatable "
-        "(env HOSTSTORAGE_ALLOWED_HOST_PATHS, colon-separated)",
-    )
-    parser.add_argument(
-        "--libvirt-uri", dest="libvirt_uri", default=None, metavar="URI",
-        help="libvirt connection for StoragePools (env HOSTSTORAGE_LIBVIRT_URI; default qemu:///system)",
-    )
-    parser.add_argument(
-        "--log-level", dest="log_level", default=None, metavar="LEVEL",
-        help="DEBUG, INFO, WARNING (default) or ERROR (env HOSTSTORAGE_LOG_LEVEL)",
-    )
+    add_global_arguments(parser, after=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for cmd in SUBCOMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
-        if cmd.name == chosen:
+        if every or cmd.name == chosen:
             module = importlib.import_module(cmd.module)
             add_arguments: AddArguments = getattr(module, cmd.add_arguments)
             add_arguments(p)
             p.set_defaults(run=getattr(module, cmd.run), module=module)
+        add_global_arguments(p, after=True)
     return parser
 
 
@@ -113,10 +160,15 @@ def _chosen(argv: Sequence[str]) -> str | None:
     return next((word for word in argv if word in names), None)
 
 
+def parse(words: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """Parse a command line: the chosen subcommand's arguments and the global flags in either place."""
+    parser = build_parser(_chosen(words))
+    return parser, merge_globals(parser.parse_args(words))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_chosen(words))
-    args = parser.parse_args(words)
+    parser, args = parse(words)
     if getattr(args, "run", None) is None:
         parser.print_usage(sys.stderr)
         print("hoststorage: error: a command is required", file=sys.stderr)

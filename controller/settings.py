@@ -25,6 +25,7 @@ from typing import Any
 from hostlib import commands, config
 
 ENV_PREFIX = "HOSTSTORAGE_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class SettingsError(ValueError):
@@ -177,7 +178,7 @@ class Settings:
             raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):
             raise SettingsError(f"qemu-user {self.qemu_user!r} is not auto, none or a user name")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log-level {self.log_level!r} is not a logging level name")
 
 

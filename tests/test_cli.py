@@ -48,6 +48,17 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
+def localfs_doc(tmp_path: pathlib.Path, name: str) -> str:
+    """A localfs StorageConnection of ``tmp_path``/d (made here); allow it with ``--allowed-host-path``."""
+    (tmp_path / "d").mkdir()
+    return textwrap.dedent(f"""\
+        apiVersion: hoststorage.io/v1alpha1
+        kind: StorageConnection
+        metadata: {{name: {name}}}
+        spec: {{type: localfs, localfs: {{path: {tmp_path}/d}}}}
+        """)
+
+
 # ---------------------------------------------------------------------------------------- settings
 
 
@@ -181,13 +192,7 @@ def test_only_unknown_kinds_is_nothing_to_do(tmp_path: pathlib.Path) -> None:
 
 
 def test_duplicate_names_are_invalid(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "d").mkdir()
-    doc = textwrap.dedent(f"""\
-        apiVersion: hoststorage.io/v1alpha1
-        kind: StorageConnection
-        metadata: {{name: twice}}
-        spec: {{type: localfs, localfs: {{path: {tmp_path}/d}}}}
-        """)
+    doc = localfs_doc(tmp_path, "twice")
     proc = run("--state-dir", str(tmp_path / "s"), "--allowed-host-path", str(tmp_path), "apply", "-f", "-",
                "-o", "json", stdin=doc + "---\n" + doc)  # fmt: skip
     first, second = json.loads(proc.stdout)
@@ -234,13 +239,7 @@ def test_local_commands_do_not_import_the_cluster_stack() -> None:
 
 
 def test_state_dir_from_the_environment(tmp_path: pathlib.Path) -> None:
-    (tmp_path / "d").mkdir()
-    doc = textwrap.dedent(f"""\
-        apiVersion: hoststorage.io/v1alpha1
-        kind: StorageConnection
-        metadata: {{name: env}}
-        spec: {{type: localfs, localfs: {{path: {tmp_path}/d}}}}
-        """)
+    doc = localfs_doc(tmp_path, "env")
     env = {
         "HOSTSTORAGE_STATE_DIR": str(tmp_path / "s"),
         "HOSTSTORAGE_ALLOWED_HOST_PATHS": f"/nonexistent:{tmp_path}",
@@ -249,3 +248,78 @@ def test_state_dir_from_the_environment(tmp_path: pathlib.Path) -> None:
     assert (tmp_path / "s" / "ledger.json").exists() and (tmp_path / "s" / "mnt").is_dir()
     assert json.loads(run("status", "-o", "json", env=env).stdout)[0]["name"] == "env"
     assert run("delete", "-f", "-", stdin=doc, env=env).returncode == 0
+
+
+# ------------------------------------------------------------------------ global flags, both places
+
+# The arguments each subcommand needs besides the global flags; a new subcommand with a required
+# argument fails here until it is listed.
+REQUIRED = {"apply": ["-f", "x.yaml"], "delete": ["-f", "x.yaml"], "monitor": ["-f", "x.yaml"],
+            "completion": ["bash"]}  # fmt: skip
+GLOBAL_VALUES = {"DIR": ("/before", "/after"), "URI": ("qemu:///before", "qemu:///after"),
+                 "LEVEL": ("ERROR", "DEBUG")}  # fmt: skip
+
+
+def _global_flags() -> list[argparse.Action]:
+    """The top-level parser's flags other than --help/--version, read off the parser itself."""
+    return [a for a in cli.build_parser()._actions if a.option_strings and a.nargs != 0]
+
+
+def test_the_global_flags_are_the_settings_flags() -> None:
+    fields = {f.name for f in dataclasses.fields(settings.Settings)}
+    flags = _global_flags()
+    assert {a.option_strings[0] for a in flags} == {g.flag for g in cli.GLOBAL_FLAGS}
+    assert all(a.dest in fields for a in flags)
+
+
+@pytest.mark.parametrize("command", [c.name for c in cli.SUBCOMMANDS])
+def test_every_global_flag_works_before_and_after_every_subcommand(command: str) -> None:
+    rest = REQUIRED.get(command, [])
+    for action in _global_flags():
+        flag, dest = action.option_strings[0], action.dest
+        before, after = GLOBAL_VALUES[str(action.metavar)]
+        repeatable = isinstance(action, argparse._AppendAction)
+        expect = (lambda v: [v]) if repeatable else (lambda v: v)
+        _, args = cli.parse([flag, before, command, *rest])
+        assert getattr(args, dest) == expect(before), (flag, "before", command)
+        _, args = cli.parse([command, *rest, flag, after])
+        assert getattr(args, dest) == expect(after), (flag, "after", command)
+        _, args = cli.parse([command, f"{flag}={after}", *rest])
+        assert getattr(args, dest) == expect(after), (flag, "after, = form", command)
+        # Nothing of the after-copy is left for Settings.build to trip over.
+        assert not [k for k in vars(args) if k.startswith("after_command_")]
+
+
+@pytest.mark.parametrize("command", [c.name for c in cli.SUBCOMMANDS])
+def test_a_flag_after_the_subcommand_wins_and_repeated_paths_add_up(command: str) -> None:
+    rest = REQUIRED.get(command, [])
+    _, args = cli.parse(["--log-level", "ERROR", "--state-dir", "/s1", "--allowed-host-path", "/a",
+                         command, *rest, "--state-dir", "/s2", "--allowed-host-path", "/b"])  # fmt: skip
+    conf = settings.Settings.build(args, {})
+    assert conf.state_dir == "/s2" and conf.log_level == "ERROR"
+    assert conf.allowed_host_paths == ("/a", "/b")
+    # Not given after: the value before stands.
+    _, args = cli.parse(["--state-dir", "/s1", command, *rest])
+    assert settings.Settings.build(args, {}).state_dir == "/s1"
+
+
+def test_global_flags_after_the_subcommand_on_the_real_command(tmp_path: pathlib.Path) -> None:
+    doc = localfs_doc(tmp_path, "after")
+    state = str(tmp_path / "s")
+    proc = run("apply", "-f", "-", "--state-dir", state, "--allowed-host-path", str(tmp_path), stdin=doc)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s" / "ledger.json").exists()
+    assert json.loads(run("status", "-o", "json", "--state-dir", state).stdout)[0]["name"] == "after"
+    gone = run("delete", "--state-dir", state, "-f", "-", "--allowed-host-path", str(tmp_path), stdin=doc)
+    assert gone.returncode == 0, gone.stdout
+    bad = run("status", "--state-dir", "relative")
+    assert bad.returncode == 2 and "state-dir must be an absolute path" in one_line_error(bad)
+
+
+@pytest.mark.parametrize("command", [c.name for c in cli.SUBCOMMANDS])
+def test_every_subcommand_help_shows_the_global_flags(command: str) -> None:
+    proc = run(command, "--help")
+    assert proc.returncode == 0, proc.stderr
+    assert "global options (also accepted before the command; given here, they win)" in proc.stdout
+    for spec in cli.GLOBAL_FLAGS:
+        assert f"{spec.flag} {spec.metavar}" in proc.stdout, (command, spec.flag)
