@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The quickstart demo, as root on Debian 12: set-up (idempotent), then an ext4 image on a loop device and
+# The quickstart demo, as root on Debian 12: the minimal set-up (scripts/setup.sh --minimal: python3,
+# Debian's libvirt binding and hoststorage in .venv; idempotent), then an ext4 image on a loop device and
 # a local directory under /var/lib/hoststorage-quickstart, then `hoststorage apply` of
 # examples/quickstart.yaml (a posixfs and a localfs StorageConnection) and the status table.
 #
@@ -14,7 +15,7 @@ qs=/var/lib/hoststorage-quickstart
 image=$qs/disk.img
 link=/dev/hoststorage-quickstart
 
-bash "$here/scripts/setup.sh"
+bash "$here/scripts/setup.sh" --minimal
 
 mkdir -p "$qs/shared"
 if [ ! -f "$image" ]; then
