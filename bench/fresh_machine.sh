@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Figures, not assertions: how long the README's two commands take on a fresh Debian 12 machine.
 #
-#   bench/fresh_machine.sh [--rev REV] [--only quickstart|test-setup]
+#   bench/fresh_machine.sh [--rev REV] [--only quickstart|test-setup] [--preinstall "PKG ..."]
 #
 # For each command, a fresh root file system: `debootstrap --variant=minbase bookworm`, cached as a
 # tarball like scripts/build_image.sh does ($HOSTSTORAGE_CI_CACHE, default /var/cache/hoststorage-ci,
@@ -17,16 +17,20 @@
 # tmpfs with the device nodes the quickstart needs, so the quickstart's /dev link never touches this
 # machine's /dev) and every mount made inside vanish with it, also on failure. Loop devices attached
 # inside are detached, then the root is removed, refusing if anything is still mounted below it.
+# --preinstall installs Debian packages in the fresh root before the clock starts: e.g. nodejs, which this
+# workplace's machines come with and the set-up before the Node-free kubectl install needed.
 # Run as root, alone on the machine for honest times (flock /tmp/hs-heavy.lock bench/fresh_machine.sh).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rev=HEAD
 only=""
+preinstall=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --rev) rev=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
-    *) echo "usage: $0 [--rev REV] [--only quickstart|test-setup]" >&2; exit 2 ;;
+    --preinstall) preinstall=$2; shift 2 ;;
+    *) echo "usage: $0 [--rev REV] [--only quickstart|test-setup] [--preinstall PKGS]" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "fresh_machine: run as root" >&2; exit 2; }
@@ -62,7 +66,7 @@ trap cleanup EXIT
 # Inside the namespace: the file systems of the chroot, then the command, timed.
 inner() {
   set -eu
-  local root=$1 what=$2
+  local root=$1 what=$2 preinstall=$3
   mount -t proc proc "$root/proc"
   mount --rbind /sys "$root/sys"
   mount -t tmpfs -o mode=755 dev "$root/dev"
@@ -81,6 +85,13 @@ inner() {
   for var in $(compgen -e); do
     case "$var" in PIP_FIND_LINKS) ;; PIP_*|SSL_CERT_*|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE) env+=("$var=${!var}") ;; esac
   done
+  if [ -n "$preinstall" ]; then
+    # shellcheck disable=SC2086 # a list of package names
+    chroot "$root" /usr/bin/env -i "${env[@]}" DEBIAN_FRONTEND=noninteractive bash -c \
+      "apt-get update -qq && apt-get install -y -qq --no-install-recommends $preinstall && apt-get clean" \
+      >"$root/preinstall.log" 2>&1 || { cat "$root/preinstall.log" >&2; return 1; }
+    rm -rf "$root"/var/lib/apt/lists/*
+  fi
   local script=scripts/quickstart.sh
   [ "$what" = test-setup ] && script=scripts/setup.sh
   local start end rc=0
@@ -108,11 +119,11 @@ run() {
   cp -a /usr/local/share/ca-certificates/. "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
   cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt" 2>/dev/null || true
   local result rc seconds
-  result=$(unshare --mount --propagation private bash -c "$(declare -f inner); inner '$root' '$what'")
+  result=$(unshare --mount --propagation private bash -c "$(declare -f inner); inner '$root' '$what' '$preinstall'")
   read -r rc seconds <<<"$result"
   local lines
   lines=$(grep -c '' "$root/run.log" || true)
-  printf '%-11s rev %s: %6.1f s, exit %s, %s lines of output\n' "$what" "$commit" "$seconds" "$rc" "$lines"
+  printf '%-11s rev %s%s: %6.1f s, exit %s, %s lines of output\n' "$what" "$commit" "${preinstall:+ (+$preinstall)}" "$seconds" "$rc" "$lines"
   sed 's/^/    | /' "$root/run.log"
   cleanup
   root=""
