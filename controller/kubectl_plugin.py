@@ -552,7 +552,8 @@ def run_node(kube: Kubectl, args: argparse.Namespace) -> str:
     if args.output == "json":
         cells = {r.key: r.cells[args.node].to_dict(now) for r in rows if args.node in r.cells}
         ready = rollup.NodeInfo.from_node(nodes[0]).ready
-        doc = {"node": args.node, "ready": ready, "preflight": (preflight or {}).get("message"), "objects": cells}
+        message = (preflight or {}).get("message")
+        doc = {"node": args.node, "ready": ready, "preflight": message, "objects": cells}
         return json.dumps(doc, indent=2) + "\n"
     return render_node(nodes[0], rows, preflight, now, max(1, args.max_nodes))
 
