@@ -344,12 +344,12 @@ def _events_block(events: Sequence[Mapping[str, Any]], now: datetime.datetime) -
 
 
 def _not_ready_block(
-    title: str, items: Sequence[tuple[str, Cell]], now: datetime.datetime, limit: int
+    title: str, first: str, items: Sequence[tuple[str, Cell]], now: datetime.datetime, limit: int
 ) -> str:
     if not items:
         return f"{title}: none\n"
     rows = [[key, c.phase, c.reason, age(c.since, now), _short(c.message)] for key, c in items[:limit]]
-    out = f"{title} ({len(items)}):\n" + table(["", "PHASE", "REASON", "AGE", "MESSAGE"], rows)
+    out = f"{title} ({len(items)}):\n" + table([first, "PHASE", "REASON", "AGE", "MESSAGE"], rows)
     if len(items) > limit:
         out += f"+{len(items) - limit} more (-o json lists all)\n"
     return out
@@ -381,8 +381,8 @@ def render_why(row: Row, events: Sequence[Mapping[str, Any]], now: datetime.date
     out = "\n".join(lines) + "\n\n"
     failing = [(n, c) for n, c in sorted(row.cells.items()) if not c.ready and c.phase != MISSING]
     missing = [(n, c) for n, c in sorted(row.cells.items()) if c.phase == MISSING]
-    out += _not_ready_block("Nodes not ready", failing, now, limit)
-    out += _not_ready_block("Nodes not reporting", missing, now, limit) if missing else ""
+    out += _not_ready_block("Nodes not ready", "NODE", failing, now, limit)
+    out += _not_ready_block("Nodes not reporting", "NODE", missing, now, limit) if missing else ""
     return out + "\n" + _events_block(events, now)
 
 
@@ -403,9 +403,12 @@ def why_json(row: Row, events: Sequence[Mapping[str, Any]], now: datetime.dateti
 def render_node(node: Mapping[str, Any], rows: Sequence[Row], preflight: Mapping[str, Any] | None,
                 now: datetime.datetime, limit: int) -> str:  # fmt: skip
     info = rollup.NodeInfo.from_node(node)
-    lines = [
-        f"Node {info.name}: {'Ready' if info.ready else 'NotReady'} (since {age(info.ready_since, now)})"
-    ]
+    conditions = (node.get("status") or {}).get("conditions") or []
+    if any(isinstance(c, Mapping) and c.get("type") == "Ready" for c in conditions):
+        state = "Ready" if info.ready else "NotReady"
+        lines = [f"Node {info.name}: {state} (since {age(info.ready_since, now)})"]
+    else:
+        lines = [f"Node {info.name}: no Ready condition reported"]
     if preflight is not None:
         lines.append(f"Preflight ({age(_event_time(preflight), now)} ago, {preflight.get('type')}): "
                      f"{preflight.get('message')}")  # fmt: skip
@@ -421,7 +424,7 @@ def render_node(node: Mapping[str, Any], rows: Sequence[Row], preflight: Mapping
     ]
     missing = [(r.key, r.cells[info.name]) for r in rows if r.cells.get(info.name, None) is not None
                and r.cells[info.name].phase == MISSING]  # fmt: skip
-    unselected = sum(1 for r in rows if info.name not in r.cells)
+    unselected = [r.key for r in rows if info.name not in r.cells]
     out = "\n".join(lines) + "\n\n"
     if has:
         shown = has[:limit]
@@ -431,10 +434,12 @@ def render_node(node: Mapping[str, Any], rows: Sequence[Row], preflight: Mapping
             out += f"+{len(has) - limit} more (-o json lists all)\n"
     else:
         out += "Has: nothing Ready\n"
-    out += _not_ready_block("Lacks (selected here, not Ready)", lacks, now, limit)
+    out += _not_ready_block("Lacks (selected here, not Ready)", "KIND/NAME", lacks, now, limit)
     if missing:
-        out += _not_ready_block("Not reported (selected here, no StorageNodeState)", missing, now, limit)
-    out += f"Not selected here: {unselected} objects\n"
+        title = "Not reported (selected here, no StorageNodeState)"
+        out += _not_ready_block(title, "KIND/NAME", missing, now, limit)
+    more = f", +{len(unselected) - limit} more" if len(unselected) > limit else ""
+    out += f"Not selected here: {', '.join(unselected[:limit]) or 'none'}{more}\n"
     return out
 
 
