@@ -10,6 +10,7 @@ import pathlib
 import re
 from typing import Any
 
+import prom_rules
 import pytest
 import yaml
 from chart_render import render
@@ -19,7 +20,8 @@ from controller import metrics
 pytestmark = pytest.mark.packaging
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-DOCS = ["install.md", "kinds.md", "gitops.md", "troubleshooting.md", "security.md"]
+DOCS = ["install.md", "kinds.md", "gitops.md", "troubleshooting.md", "security.md", "observability.md",
+        "kubectl-plugin.md"]
 TEXT = {name: (ROOT / "docs" / name).read_text() for name in DOCS}
 VALUES = yaml.safe_load((ROOT / "charts" / "hoststorage" / "values.yaml").read_text())
 
@@ -83,3 +85,21 @@ def test_security_doc_rbac_tables_match_the_chart() -> None:
                     )
                 for verb in rule["verbs"]:
                     assert verb in table, f"{w}: verb {verb} missing in security.md"
+
+
+def test_observability_lists_every_metric_the_rules_and_dashboard_use_and_each_exists() -> None:
+    exported = (metrics.Metrics("agent").render()).decode()
+    monitoring_source = (ROOT / "controller" / "monitoring.py").read_text()
+    listed = set(re.findall(r"^\| `(hoststorage_[a-z_]+)`", TEXT["observability.md"], flags=re.M))
+    for name in sorted(listed):
+        base = name.removesuffix("_total")
+        assert f"# TYPE {base}" in exported or f'"{base}"' in monitoring_source, name
+    used = set()
+    for rule in prom_rules.alerts():
+        used |= prom_rules.metric_names(rule["expr"])
+        assert f"`{rule['alert']}`" in TEXT["observability.md"], rule["alert"]
+    for _, query in prom_rules.panel_queries(prom_rules.dashboard()):
+        used |= prom_rules.metric_names(query)
+    for name in sorted(used - {"up"}):
+        base = re.sub(r"_(bucket|sum|count)$", "", name)
+        assert base in listed or base.removesuffix("_total") + "_total" in listed or name in listed, name
