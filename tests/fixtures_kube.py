@@ -323,17 +323,24 @@ class Cluster:
             self.runner.close()
 
 
-@pytest.fixture(scope="session")
-def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """The API server, CRDs, three Nodes with one agent each, the controller; all running and ready."""
+@contextlib.contextmanager
+def running_world(workdir: pathlib.Path, node_labels: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A started :class:`Cluster` in ``workdir``, stopped (logs printed on failure) when the block ends."""
     if os.geteuid() != 0:
         pytest.skip("needs root: the agents mount for real")
-    cluster = Cluster(tmp_path_factory.mktemp("e2e"))
+    cluster = Cluster(workdir)
     try:
-        cluster.start_world({"hoststorage.io/e2e": "yes"})
+        cluster.start_world(node_labels)
         yield cluster
     except BaseException:
         print(cluster.dump_logs())
         raise
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The API server, CRDs, three Nodes with one agent each, the controller; all running and ready."""
+    with running_world(tmp_path_factory.mktemp("e2e"), {"hoststorage.io/e2e": "yes"}) as cluster:
+        yield cluster

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from fixtures_kube import Cluster, wait_until
+from fixtures_kube import Cluster, running_world, wait_until
 
 from controller import kubectl_plugin as plugin
 from hostlib import mounts
@@ -146,15 +146,10 @@ def world() -> Iterator[Cluster]:
     assert not mounted, f"left over from an earlier run, still mounted: {mounted}"
     shutil.rmtree(WORKDIR, ignore_errors=True)
     WORKDIR.mkdir(parents=True)
-    cluster = Cluster(WORKDIR)
     try:
-        cluster.start_world()
-        yield cluster
-    except BaseException:
-        print(cluster.dump_logs())
-        raise
+        with running_world(WORKDIR) as cluster:
+            yield cluster
     finally:
-        cluster.close()
         shutil.rmtree(WORKDIR, ignore_errors=True)
 
 
