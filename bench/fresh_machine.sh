@@ -105,6 +105,7 @@ inner() {
 run() {
   local what=$1
   root=$(mktemp -d /var/tmp/hs-fresh.XXXXXX)
+  chmod 755 "$root"  # a machine's / is 0755 (mktemp makes 0700: qemu's access check would fail)
   tar -C "$root" -xf "$tarball"
   mkdir -p "$root/src"
   git -C "$here" archive "$rev" | tar -C "$root/src" -x
