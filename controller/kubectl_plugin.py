@@ -400,11 +400,18 @@ def why_json(row: Row, events: Sequence[Mapping[str, Any]], now: datetime.dateti
     }  # fmt: skip
 
 
+def node_ready(node: Mapping[str, Any]) -> bool | None:
+    """The Node's Ready condition (:class:`controller.rollup.NodeInfo`'s reading), None when it has none."""
+    conditions = (node.get("status") or {}).get("conditions") or []
+    if not any(isinstance(c, Mapping) and c.get("type") == "Ready" for c in conditions):
+        return None
+    return rollup.NodeInfo.from_node(node).ready
+
+
 def render_node(node: Mapping[str, Any], rows: Sequence[Row], preflight: Mapping[str, Any] | None,
                 now: datetime.datetime, limit: int) -> str:  # fmt: skip
     info = rollup.NodeInfo.from_node(node)
-    conditions = (node.get("status") or {}).get("conditions") or []
-    if any(isinstance(c, Mapping) and c.get("type") == "Ready" for c in conditions):
+    if node_ready(node) is not None:
         state = "Ready" if info.ready else "NotReady"
         lines = [f"Node {info.name}: {state} (since {age(info.ready_since, now)})"]
     else:
@@ -556,7 +563,7 @@ def run_node(kube: Kubectl, args: argparse.Namespace) -> str:
     now = _now()
     if args.output == "json":
         cells = {r.key: r.cells[args.node].to_dict(now) for r in rows if args.node in r.cells}
-        ready = rollup.NodeInfo.from_node(nodes[0]).ready
+        ready = node_ready(nodes[0])
         message = (preflight or {}).get("message")
         doc = {"node": args.node, "ready": ready, "preflight": message, "objects": cells}
         return json.dumps(doc, indent=2) + "\n"

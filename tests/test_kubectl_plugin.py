@@ -110,6 +110,15 @@ def test_the_table_stays_bounded_on_five_thousand_nodes() -> None:
     assert data["parents"][1]["cells"]["n4321"]["reason"] == "MountFailed"
 
 
+def test_node_readiness_is_the_ready_condition_or_none() -> None:
+    def with_ready(status: str) -> dict[str, Any]:
+        return {**node("x"), "status": {"conditions": [{"type": "Ready", "status": status}]}}
+
+    assert plugin.node_ready(with_ready("True")) is True
+    assert plugin.node_ready(with_ready("False")) is False
+    assert plugin.node_ready(node("x")) is None
+
+
 def test_kinds_as_people_type_them() -> None:
     for word in ("StorageConnection", "storageconnection", "storageconnections", "sconn",
                  "storageconnections.hoststorage.io"):  # fmt: skip
@@ -275,7 +284,8 @@ def test_why_names_the_failing_node_its_reason_and_the_events(
 
 def test_node_lists_what_it_has_lacks_and_its_preflight(scenario: Cluster, shim: dict[str, str]) -> None:
     data = json.loads(kubectl_hoststorage(scenario, shim, "node", "node-a", "-o", "json").stdout)
-    assert data["ready"] is True and "supported connection types:" in data["preflight"]
+    assert data["ready"] is None  # the emulator's Nodes report no Ready condition
+    assert "supported connection types:" in data["preflight"]
     assert data["objects"]["StorageConnection/shared"]["reason"] == "Conflict"
     assert data["objects"]["DomainMonitor/shared-health"]["reason"] == "WaitingForConnection"
     assert "DomainMonitor/b-only" not in data["objects"]
