@@ -105,8 +105,10 @@ inner() {
 run() {
   local what=$1
   root=$(mktemp -d /var/tmp/hs-fresh.XXXXXX)
-  chmod 755 "$root"  # a machine's / is 0755 (mktemp makes 0700: qemu's access check would fail)
   tar -C "$root" -xf "$tarball"
+  # A machine's / is 0755; mktemp's 0700 (also the tarball's own ./, from its mktemp) would make
+  # hoststorage's qemu access check fail for a user that is not root.
+  chmod 755 "$root"
   mkdir -p "$root/src"
   git -C "$here" archive "$rev" | tar -C "$root/src" -x
   cp -L /etc/resolv.conf "$root/etc/resolv.conf"
