@@ -31,7 +31,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller import local, settings  # noqa: E402
+from controller import local, manifests, settings  # noqa: E402
 
 HOSTSTORAGE = str(pathlib.Path(sys.executable).parent / "hoststorage")
 
@@ -112,7 +112,7 @@ def measure(b: Bench, kind: str, n: int, repeat: int) -> dict[str, list[float]]:
         out["noop"].append(t)
         env = {"HOSTSTORAGE_STATE_DIR": state, "HOSTSTORAGE_ALLOWED_HOST_PATHS": str(b.work / "dirs")}
         conf = settings.Settings.build(None, env)
-        parsed = local.load_documents([str(manifest)])
+        parsed = manifests.load([str(manifest)]).documents
         start = time.perf_counter()
         outcome = local.apply(parsed, conf)
         out["noop_inproc"].append(time.perf_counter() - start)

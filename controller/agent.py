@@ -808,9 +808,17 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
     except Exception as exc:
         raise StartupError(f"no Kubernetes API configuration (KUBECONFIG or in-cluster): {exc}") from None
     api = kube.Api(configuration, user_agent=f"{COMPONENT}/{conf.node_name}")
-    os.makedirs(conf.effective_mount_base, mode=0o755, exist_ok=True)
-    with ledger.host_lock(conf.state_dir, timeout=conf.lock_timeout):
-        host = build_host(conf, api)
+    # A broken mount base or state dir stops the agent with one line.
+    try:
+        os.makedirs(conf.effective_mount_base, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create mount base {conf.effective_mount_base}: {exc.strerror}") from None
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(ledger.host_lock(conf.state_dir, timeout=conf.lock_timeout))
+            host = build_host(conf, api)
+        except (ledger.StateDirError, ledger.LedgerCorrupt) as exc:
+            raise StartupError(exc.message) from None
         clean_stale(host)
         agent = Agent(conf, api, host)
         agent.preflight = preflight.check(host.config)

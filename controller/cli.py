@@ -10,7 +10,8 @@ function adding its arguments to its sub-parser and of the function running it,
 that mean "the user can fix this": they end as one line on stderr and exit code 2.
 
 Errors a user can fix (an unreadable file, bad YAML, a bad flag value, the host lock held) end as one
-line on stderr and a non-zero exit code, never a traceback.
+line on stderr and a non-zero exit code, never a traceback; so does a bug (``internal error``, exit
+:data:`EXIT_INTERNAL`, the traceback only with ``--log-level DEBUG``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
 
 # Exit codes: 0 success / everything Ready, 1 some object not Ready, 2 usage or input error.
 EXIT_USAGE = 2
+EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h): a bug in hoststorage, not in its input
 
 
 def version() -> str:
@@ -167,6 +169,15 @@ def parse(words: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except Exception as exc:  # the last guard: a bug must still end as one line, never a traceback
+        log.debug("internal error", exc_info=True)
+        print(f"hoststorage: internal error: {errors.shown(exc, 500)}", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def _main(argv: Sequence[str] | None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     parser, args = parse(words)
     if getattr(args, "run", None) is None:

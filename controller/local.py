@@ -1,10 +1,15 @@
 """Cluster-less mode: ``hoststorage apply|delete|status`` reconcile this host from manifest files.
 
 The same reconcilers as the agent run here, in one process, under the host lock (so an agent and a
-command on one host never act at once). Manifests are multi-document YAML (``-f -`` is stdin);
-objects are handled in dependency order (connections, pools, monitors; the reverse for ``delete``);
-Secrets in the same files serve ``chapSecretRef`` and are never printed; other kinds are reported on
-stderr and skipped.
+command on one host never act at once). Manifests are multi-document YAML (``-f -`` is stdin), read
+by :mod:`controller.manifests`; objects are handled in dependency order (connections, pools,
+monitors; the reverse for ``delete``); Secrets in the same files serve ``chapSecretRef`` and are never
+printed; other kinds are reported on stderr and skipped.
+
+Bad input, as with ``kubectl apply``: a document that is refused (broken YAML, a bound exceeded, a bad
+Secret) is reported on stderr, an object whose spec is invalid gets an ``InvalidSpec`` row, and every
+other object of the run is still done; the run then exits :data:`EXIT_BAD_INPUT`. An input that cannot
+be read at all stops the run before anything is done (:class:`InputError`, also exit 2).
 
 Registering a kind: add its reconciler module to :data:`KINDS`. The module exports ``KIND``,
 ``DETAIL_KEY``, ``ORDER``, ``parse(obj)``, ``reconcile(spec, host, *, dry_run)``,
@@ -23,12 +28,10 @@ import os
 import socket
 import sys
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import yaml
-
-from controller import output, settings
+from controller import manifests, output, settings
 from hostlib import errors, ledger
 from reconcilers import domain_monitor, status, storage_connection, storage_pool
 from reconcilers import host as host_mod
@@ -38,81 +41,23 @@ log = logging.getLogger(__name__)
 # The reconciler modules this mode knows, each with KIND, DETAIL_KEY, ORDER, parse, reconcile, teardown.
 KINDS: tuple[types.ModuleType, ...] = (storage_connection, storage_pool, domain_monitor)
 
-# Bigger manifests are a mistake or an attack; a thousand objects fit in well under this.
-MAX_INPUT_BYTES = 8 * 1024 * 1024
-MAX_DOCUMENTS = 5000
-
 EXIT_OK = 0
 EXIT_NOT_READY = 1
+"""Every object was valid, but some did not reach the wanted phase (not Ready, InUse, ...)."""
+EXIT_BAD_INPUT = 2
+"""Some document or object was refused (InvalidSpec), or the input could not be read at all."""
+EXIT_HELP = (
+    "exit status: 0 done (every object Ready, or torn down); 1 every object valid but some not done; "
+    "2 some document or object refused as invalid (the others were still done) or the input unreadable; "
+    "70 an internal error (a bug: run with --log-level DEBUG for its traceback)"
+)
 
-
-class InputError(Exception):
-    """The input cannot be used at all (unreadable file, invalid YAML): one line, exit code 2."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Document:
-    source: str
-    """Where the object came from, ``FILE#N`` (N counts documents from 1)."""
-    obj: Mapping[str, Any]
+InputError = manifests.InputError
+Document = manifests.Document
 
 
 def kinds_by_name() -> dict[str, types.ModuleType]:
     return {m.KIND: m for m in KINDS}
-
-
-# ---------------------------------------------------------------------------------------------- input
-
-
-def _read(path: str) -> str:
-    if path == "-":
-        data = sys.stdin.read(MAX_INPUT_BYTES + 1)
-        where = "stdin"
-    else:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = f.read(MAX_INPUT_BYTES + 1)
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise InputError(f"cannot read {path}: not UTF-8 text") from None
-        where = path
-    if len(data) > MAX_INPUT_BYTES:
-        raise InputError(f"{where}: larger than {MAX_INPUT_BYTES} bytes")
-    return data
-
-
-def load_documents(paths: Sequence[str]) -> list[Document]:
-    """Every mapping document of every file, in order. ``kind: List`` documents are flattened."""
-    docs: list[Document] = []
-    if list(paths).count("-") > 1:
-        raise InputError("-f - (stdin) can be given only once")
-    for path in paths:
-        text = _read(path)
-        name = "stdin" if path == "-" else path
-        try:
-            loaded = list(yaml.safe_load_all(text))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise InputError(f"{name}:{where}: invalid YAML: {problem}") from None
-        for i, obj in enumerate(loaded, start=1):
-            if obj is None:
-                continue
-            src = f"{name}#{i}"
-            if not isinstance(obj, dict):
-                raise InputError(f"{src}: a document must be a mapping (an object), got {type(obj).__name__}")
-            if obj.get("kind") == "List" and isinstance(obj.get("items"), list):
-                for j, item in enumerate(obj["items"], start=1):
-                    if not isinstance(item, dict):
-                        raise InputError(f"{src}.items[{j}]: an item must be a mapping")
-                    docs.append(Document(f"{src}.items[{j}]", item))
-            else:
-                docs.append(Document(src, obj))
-        if len(docs) > MAX_DOCUMENTS:
-            raise InputError(f"more than {MAX_DOCUMENTS} objects in the input")
-    return docs
 
 
 class Secrets:
@@ -122,25 +67,27 @@ class Secrets:
         self._data: dict[tuple[str, str], dict[str, str]] = {}
 
     def add(self, doc: Document) -> None:
+        """Keep one Secret; a malformed one is InvalidSpec (its values are never in the message)."""
         meta = doc.obj.get("metadata")
         if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
-            raise InputError(f"{doc.source}: Secret without metadata.name")
+            raise errors.InvalidSpec("a Secret needs a name", field="metadata.name")
         namespace = meta.get("namespace") or "default"
         if not isinstance(namespace, str):
-            raise InputError(f"{doc.source}: Secret metadata.namespace must be a string")
+            raise errors.InvalidSpec("must be a string", field="metadata.namespace")
         data: dict[str, str] = {}
         raw = doc.obj.get("data") or {}
         if not isinstance(raw, dict):
-            raise InputError(f"{doc.source}: Secret data must be a mapping")
+            raise errors.InvalidSpec("must be a mapping", field="data")
         for key, value in raw.items():
             try:
                 data[str(key)] = base64.b64decode(str(value), validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
                 # The value itself is never echoed: it is a secret.
-                raise InputError(f"{doc.source}: Secret data.{key} is not base64 of UTF-8 text") from None
+                field = manifests.field_path(["data", str(key)])
+                raise errors.InvalidSpec("is not base64 of UTF-8 text", field=field) from None
         string_data = doc.obj.get("stringData") or {}
         if not isinstance(string_data, dict):
-            raise InputError(f"{doc.source}: Secret stringData must be a mapping")
+            raise errors.InvalidSpec("must be a mapping", field="stringData")
         data.update({str(k): str(v) for k, v in string_data.items()})
         self._data[(namespace, meta["name"])] = data
 
@@ -151,32 +98,48 @@ class Secrets:
         return len(self._data)
 
 
-def classify(docs: Sequence[Document]) -> tuple[list[tuple[types.ModuleType, Document]], Secrets]:
-    """Known kinds (in input order) and the Secrets; every other kind is reported on stderr."""
+def report(refused: Sequence[manifests.Refused]) -> None:
+    """One line on stderr per refused document."""
+    for refusal in refused:
+        print(refusal.line(), file=sys.stderr)
+
+
+def classify(
+    docs: Sequence[Document],
+) -> tuple[list[tuple[types.ModuleType, Document]], Secrets, list[manifests.Refused]]:
+    """Known kinds (in input order), the Secrets and the refused Secrets (already reported on stderr);
+    every other kind is reported on stderr and skipped."""
     known = kinds_by_name()
     objects: list[tuple[types.ModuleType, Document]] = []
     secrets = Secrets()
+    refused: list[manifests.Refused] = []
     for doc in docs:
         kind = doc.obj.get("kind")
         if kind == "Secret":
-            secrets.add(doc)
+            try:
+                secrets.add(doc)
+            except errors.InvalidSpec as exc:
+                refused.append(manifests.Refused(doc.source, exc))
         elif isinstance(kind, str) and kind in known:
             objects.append((known[kind], doc))
         else:
             print(
-                f"hoststorage: skipped {doc.source}: kind {kind!r} is not one of {', '.join(sorted(known))}",
+                f"hoststorage: skipped {doc.source}: kind {errors.shown(kind)} is not one of "
+                f"{', '.join(sorted(known))}",
                 file=sys.stderr,
             )
-    return objects, secrets
+    report(refused)
+    return objects, secrets, refused
 
 
 # ---------------------------------------------------------------------------------------- reconcile
 
 
 def _name_of(doc: Document) -> str:
+    """The object's name for its result row, or where it came from when it has no usable one."""
     meta = doc.obj.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    return name if isinstance(name, str) and name else f"<{doc.source}>"
+    return name if isinstance(name, str) and 0 < len(name) <= errors.SHOWN_LIMIT else f"<{doc.source}>"
 
 
 def failed_result(module: types.ModuleType, name: str, reason: str, message: str) -> status.NodeResult:
@@ -224,14 +187,16 @@ def _guarded(module: types.ModuleType, name: str, call: Any, *args: Any, **kwarg
         return failed_result(module, name, exc.reason, exc.message)
     except Exception as exc:
         debug = log.isEnabledFor(logging.DEBUG)
-        log.error("%s/%s: internal error: %s", module.KIND, name, exc, exc_info=debug)
-        return failed_result(module, name, "InternalError", f"{type(exc).__name__}: {exc}")
+        log.error("%s/%s: internal error: %s", module.KIND, name, errors.shown(exc), exc_info=debug)
+        return failed_result(module, name, "InternalError", errors.shown(exc, errors.MESSAGE_LIMIT))
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     results: list[status.NodeResult]
     changed: bool
+    refused: Sequence[manifests.Refused] = ()
+    """Documents refused on the way (bad Secrets), already reported on stderr."""
 
 
 def _make_host(conf: settings.Settings, secrets: Secrets | None = None) -> host_mod.Host:
@@ -242,24 +207,15 @@ def _make_host(conf: settings.Settings, secrets: Secrets | None = None) -> host_
     )
 
 
-@dataclasses.dataclass
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 def _lock(conf: settings.Settings, *, dry_run: bool) -> Any:
-    # A dry run on a host that never ran hoststorage must not even create the state dir.
-    if dry_run and not os.path.isdir(conf.state_dir):
-        return _NoLock()
+    # A dry run creates and writes nothing, not even the lock file or the state dir.
+    if dry_run:
+        return ledger.read_lock(conf.state_dir, timeout=conf.lock_timeout)
     return ledger.host_lock(conf.state_dir, timeout=conf.lock_timeout)
 
 
 def apply(docs: Sequence[Document], conf: settings.Settings, *, dry_run: bool = False) -> Outcome:
-    objects, secrets = classify(docs)
+    objects, secrets, refused = classify(docs)
     parsed = _parse_all(objects)
     order = sorted(range(len(parsed)), key=lambda i: (parsed[i][0].ORDER, i))
     results: list[status.NodeResult | None] = [None] * len(parsed)
@@ -272,7 +228,7 @@ def apply(docs: Sequence[Document], conf: settings.Settings, *, dry_run: bool = 
                 continue
             results[i] = _guarded(module, spec.name, module.reconcile, spec, host, dry_run=dry_run)
     done = [r for r in results if r is not None]
-    return Outcome(done, any(r.changed for r in done))
+    return Outcome(done, any(r.changed for r in done), refused)
 
 
 WOULD_COMPLETE = frozenset({"WouldDetach", "WouldRetain", "WouldForget"})
@@ -287,7 +243,7 @@ def delete(
     ``dry_run`` changes nothing on the host or in the ledger: each object's planned actions are listed,
     and the dry run works on a scratch copy of the ledger, so a connection whose pools and monitors are
     in the same files is planned as their real delete would leave it (free, not ``InUse``)."""
-    objects, _ = classify(docs)
+    objects, _, refused = classify(docs)
     parsed = _parse_all(objects)
     order = sorted(range(len(parsed)), key=lambda i: (-parsed[i][0].ORDER, -i))
     results: list[status.NodeResult | None] = [None] * len(parsed)
@@ -295,6 +251,9 @@ def delete(
         host = _make_host(conf)
         if dry_run:
             host.ledger = host.ledger.scratch_copy()
+        elif parsed:
+            # Before any host change: forgetting what is torn down must find room even on a full disk.
+            host.ledger.ensure_reserve()
         for i in order:
             module, _doc, spec, invalid = parsed[i]
             if invalid is not None:
@@ -305,12 +264,12 @@ def delete(
                 host.ledger.remove(module.KIND, spec.name)  # the scratch copy: what the real delete leaves
             results[i] = result
     done = [r for r in results if r is not None]
-    return Outcome(done, any(r.changed for r in done))
+    return Outcome(done, any(r.changed for r in done), refused)
 
 
 def observe_all(conf: settings.Settings) -> list[status.NodeResult]:
     """One result per ledger entry, observed now; no host change."""
-    if not os.path.isdir(conf.state_dir):
+    if not os.path.lexists(conf.state_dir):
         return []
     host = _make_host(conf)
     known = kinds_by_name()
@@ -351,6 +310,7 @@ def _add_output(parser: argparse.ArgumentParser) -> None:
 
 
 def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_HELP
     _add_files(parser)
     parser.add_argument(
         "--dry-run", action="store_true", help="print the planned actions (with their argv); change nothing"
@@ -359,6 +319,7 @@ def add_apply_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_delete_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXIT_HELP
     _add_files(parser)
     parser.add_argument(
         "--force", action="store_true", help="lazy-unmount a busy mount instead of reporting InUse"
@@ -379,9 +340,19 @@ def _print(results: Sequence[status.NodeResult], fmt: str, *, with_actions: bool
     sys.stdout.write(output.render(results, fmt, with_actions=with_actions))
 
 
+def exit_code(
+    outcome: Outcome, refused: Sequence[manifests.Refused], done: Callable[[status.NodeResult], bool]
+) -> int:
+    """:data:`EXIT_BAD_INPUT` if anything was refused as invalid, else whether every result is ``done``."""
+    if refused or outcome.refused or any(r.reason == errors.InvalidSpec.reason for r in outcome.results):
+        return EXIT_BAD_INPUT
+    return EXIT_OK if all(done(r) for r in outcome.results) else EXIT_NOT_READY
+
+
 def run_apply(args: argparse.Namespace, conf: settings.Settings) -> int:
-    docs = load_documents(args.filenames)
-    outcome = apply(docs, conf, dry_run=args.dry_run)
+    loaded = manifests.load(args.filenames)
+    report(loaded.refused)
+    outcome = apply(loaded.documents, conf, dry_run=args.dry_run)
     _print(outcome.results, args.output, with_actions=args.dry_run)
     if args.output == "table":
         if args.dry_run:
@@ -393,13 +364,18 @@ def run_apply(args: argparse.Namespace, conf: settings.Settings) -> int:
             print("changed: the host now matches" if changed else "no change: the host already matched")
     if args.dry_run:
         # A dry run succeeds when every object is valid and plannable; Ready is not expected yet.
-        return EXIT_OK if all(r.phase != "Failed" for r in outcome.results) else EXIT_NOT_READY
-    return EXIT_OK if all(r.ready for r in outcome.results) else EXIT_NOT_READY
+        return exit_code(outcome, loaded.refused, lambda r: r.phase != "Failed")
+    return exit_code(outcome, loaded.refused, lambda r: r.ready)
+
+
+def _would_finish(result: status.NodeResult) -> bool:
+    return result.phase == "Detached" or result.reason in WOULD_COMPLETE
 
 
 def run_delete(args: argparse.Namespace, conf: settings.Settings) -> int:
-    docs = load_documents(args.filenames)
-    outcome = delete(docs, conf, force=args.force, dry_run=args.dry_run)
+    loaded = manifests.load(args.filenames)
+    report(loaded.refused)
+    outcome = delete(loaded.documents, conf, force=args.force, dry_run=args.dry_run)
     _print(outcome.results, args.output, with_actions=args.dry_run)
     if args.dry_run:
         if args.output == "table":
@@ -407,11 +383,10 @@ def run_delete(args: argparse.Namespace, conf: settings.Settings) -> int:
             print(f"dry run: {planned} planned action(s); nothing was changed" if planned
                   else "dry run: nothing to tear down")
         # Succeeds when the real delete would finish every object (no InUse, nothing invalid).
-        done = all(r.phase == "Detached" or r.reason in WOULD_COMPLETE for r in outcome.results)
-        return EXIT_OK if done else EXIT_NOT_READY
+        return exit_code(outcome, loaded.refused, _would_finish)
     if args.output == "table" and not outcome.changed:
         print("no change: nothing to tear down")
-    return EXIT_OK if all(r.phase == "Detached" for r in outcome.results) else EXIT_NOT_READY
+    return exit_code(outcome, loaded.refused, lambda r: r.phase == "Detached")
 
 
 def run_status(args: argparse.Namespace, conf: settings.Settings) -> int:

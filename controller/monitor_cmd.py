@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
-from controller import local, monitoring, settings
+from controller import local, manifests, monitoring, settings
 from hostlib import errors, ledger
 from reconcilers import domain_monitor as dmon
 from reconcilers import host as host_mod
@@ -70,7 +70,9 @@ def _locked_host(conf: settings.Settings) -> Iterator[host_mod.Host]:
 
 
 def run(args: argparse.Namespace, conf: settings.Settings) -> int:
-    docs = local.load_documents(args.filenames)
+    loaded = manifests.load(args.filenames)
+    local.report(loaded.refused)
+    docs = loaded.documents
     others = [d for d in docs if d.obj.get("kind") != dmon.KIND]
     if any(d.obj.get("kind") not in (None, "Secret") for d in others):
         outcome = local.apply(others, conf)

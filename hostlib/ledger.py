@@ -10,7 +10,15 @@ host paths, ``resource["paths"]``, a list); :meth:`Ledger.owns_mount` compares n
 Writes are atomic (temp file in the same directory, fsync, rename, fsync of the directory): a crash
 leaves either the old or the new ledger, never half of one. A :class:`Ledger` is safe to share between
 threads of one process; two processes on one host are serialised by :func:`host_lock`, an ``flock`` on
-``<state_dir>/lock`` that records the holder's pid.
+``<state_dir>/lock`` that records the holder's pid. A dry run takes :func:`read_lock` instead, which
+creates and writes nothing.
+
+A full state file system must not stop a teardown half-way (unmounted, but still listed, so the next
+``apply`` would mount it again). So ``<state_dir>/ledger.reserve`` keeps preallocated room at least the
+size of the ledger: a write that grows the ledger grows the reserve first (on a full disk it fails
+before the reconciler changes the host), and a write that does not grow it, such as forgetting an
+entry, frees the reserve when the disk is full and then succeeds. Every I/O problem of the state dir is
+one :class:`StateDirError` naming the path and the system's words, never a bare ``OSError``.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -33,6 +42,9 @@ log = logging.getLogger(__name__)
 
 LEDGER_FILE = "ledger.json"
 LOCK_FILE = "lock"
+RESERVE_FILE = "ledger.reserve"
+RESERVE_STEP = 64 * 1024
+"""The reserve grows in steps of this: a ledger of 100 objects is about 40 KiB."""
 FORMAT_VERSION = 1
 STATE_DIR_MODE = 0o711
 """Others may pass through the state dir but not list it: qemu must reach the default mount base
@@ -46,6 +58,17 @@ class LedgerCorrupt(errors.HostStorageError):
 
     reason = "LedgerCorrupt"
     temporary = False
+
+
+class StateDirError(errors.HostStorageError):
+    """The state dir or a file in it cannot be used: not a directory, full, read-only, no permission.
+    Temporary: once an admin has fixed it, the next run (or the agent's retry) goes on."""
+
+    reason = "StateDirUnusable"
+
+
+def _failed(what: str, path: str, exc: OSError) -> StateDirError:
+    return StateDirError(f"{what} {path}: {exc.strerror or exc}")
 
 
 class LockHeld(errors.Conflict):
@@ -127,10 +150,18 @@ class Ledger:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             return cls(state_dir)
+        except NotADirectoryError:
+            raise StateDirError(f"state dir {state_dir} is not a directory") from None
         except OSError as exc:
             raise LedgerCorrupt(f"cannot open ledger {path}: {exc.strerror}") from exc
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LedgerCorrupt(f"ledger {path} is not a regular file")
         with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_LEDGER_BYTES + 1)
+            try:
+                data = f.read(MAX_LEDGER_BYTES + 1)
+            except OSError as exc:
+                raise LedgerCorrupt(f"cannot read ledger {path}: {exc.strerror}") from None
         if len(data) > MAX_LEDGER_BYTES:
             raise LedgerCorrupt(f"ledger {path} is larger than {MAX_LEDGER_BYTES} bytes")
         try:
@@ -175,6 +206,15 @@ class Ledger:
         log.debug("ledger %s: removed %s/%s", self.path, kind, name)
         return True
 
+    def ensure_reserve(self) -> None:
+        """Make sure forgetting entries will find room on a full disk; StateDirError if it cannot.
+
+        A teardown calls this before it changes the host. Writes keep the reserve up to date, so this
+        acts only on a state dir an older version wrote.
+        """
+        with self._lock:
+            self._grow_reserve(self._size_on_disk())
+
     def scratch_copy(self) -> Ledger:
         """An in-memory copy whose changes never reach the disk: a dry run's "what if"."""
         with self._lock:
@@ -196,6 +236,10 @@ class Ledger:
         """Entries that depend on (kind, name): a connection is in use while a pool or monitor lists it."""
         return [e for e in self.entries() if (kind, name) in e.depends_on]
 
+    @property
+    def reserve_path(self) -> str:
+        return os.path.join(self.state_dir, RESERVE_FILE)
+
     def _write(self, entries: Mapping[tuple[str, str], LedgerEntry]) -> None:
         make_state_dir(self.state_dir)
         body = {
@@ -203,6 +247,26 @@ class Ledger:
             "entries": [entries[k].to_json() for k in sorted(entries)],
         }
         data = json.dumps(body, indent=1, sort_keys=True).encode("utf-8")
+        grows = len(data) > self._size_on_disk()
+        if grows:
+            self._grow_reserve(len(data))  # before the ledger: a full disk fails here, nothing written
+        try:
+            self._replace(data)
+        except OSError as exc:
+            if grows or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise _failed("cannot write ledger", self.path, exc) from None
+            # Forgetting must not fail for want of room: spend the reserve, then try to win it back.
+            self._release_reserve()
+            try:
+                self._replace(data)
+            except OSError as again:
+                raise _failed("cannot write ledger", self.path, again) from None
+            try:
+                self._grow_reserve(len(data))
+            except StateDirError as reserve_exc:
+                log.warning("ledger %s: written, but %s", self.path, reserve_exc.message)
+
+    def _replace(self, data: bytes) -> None:
         tmp = f"{self.path}.tmp.{os.getpid()}.{threading.get_ident()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
@@ -212,27 +276,85 @@ class Ledger:
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.fsync(dfd)
+            dfd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:  # the new ledger is in place; only its durability is in doubt
+            log.warning("ledger %s: written, but syncing its directory failed: %s", self.path, exc.strerror)
+
+    def _size_on_disk(self) -> int:
+        try:
+            return os.lstat(self.path).st_size
+        except FileNotFoundError:
+            return 0
+        except OSError as exc:
+            raise _failed("cannot stat ledger", self.path, exc) from None
+
+    def _grow_reserve(self, size: int) -> None:
+        """Preallocate the reserve to ``size`` rounded up to :data:`RESERVE_STEP` (no-op if it is)."""
+        needed = -(-size // RESERVE_STEP) * RESERVE_STEP
+        if needed == 0:
+            return
+        path = self.reserve_path
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise _failed("cannot keep room for the ledger in", path, exc) from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise StateDirError(f"ledger reserve {path} is not a regular file")
+            if st.st_blocks * 512 >= needed:  # blocks, not size: a sparse file reserves nothing
+                return
+            try:
+                os.posix_fallocate(fd, 0, needed)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                os.pwrite(fd, bytes(needed), 0)  # no fallocate on this file system: write it out
+            os.fsync(fd)
+        except OSError as exc:
+            raise _failed("cannot keep room for the ledger in", path, exc) from None
         finally:
-            os.close(dfd)
+            os.close(fd)
+
+    def _release_reserve(self) -> None:
+        # unlink, never truncate: truncate would follow a link planted in place of the reserve.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.reserve_path)
 
 
 def make_state_dir(state_dir: str) -> None:
     """Create the state dir (mode :data:`STATE_DIR_MODE`); one made 0700 by an older version gets the
-    traverse bits it lacks, nothing else (no read, no write for others)."""
-    os.makedirs(state_dir, mode=STATE_DIR_MODE, exist_ok=True)
-    mode = os.stat(state_dir).st_mode & 0o7777
+    traverse bits it lacks, nothing else (no read, no write for others). StateDirError if it cannot."""
+    try:
+        os.makedirs(state_dir, mode=STATE_DIR_MODE, exist_ok=True)
+        st = os.stat(state_dir)
+    except FileExistsError:
+        raise StateDirError(f"state dir {state_dir} is not a directory") from None
+    except OSError as exc:
+        raise _failed("cannot create state dir", state_dir, exc) from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateDirError(f"state dir {state_dir} is not a directory")
+    mode = st.st_mode & 0o7777
     if mode & 0o011 != 0o011:
-        os.chmod(state_dir, mode | 0o011)  # noqa: S103 - traverse only (x), never read or write
+        try:
+            os.chmod(state_dir, mode | 0o011)  # noqa: S103 - traverse only (x), never read or write
+        except OSError as exc:
+            raise _failed("cannot make others able to traverse state dir", state_dir, exc) from None
 
 
 class _ScratchLedger(Ledger):
     def _write(self, entries: Mapping[tuple[str, str], LedgerEntry]) -> None:
+        return None
+
+    def ensure_reserve(self) -> None:
         return None
 
 
@@ -244,41 +366,80 @@ def _read_holder(fd: int) -> int | None:
         return None
 
 
+def _flock(fd: int, op: int, path: str, *, blocking: bool, timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, op | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise _failed("cannot lock", path, exc) from None
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                raise LockHeld(path, _read_holder(fd)) from None
+            if deadline is None:
+                fcntl.flock(fd, op)
+                return
+            time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def host_lock(state_dir: str, *, blocking: bool = True, timeout: float | None = None) -> Iterator[int]:
     """Hold the host lock (flock on ``<state_dir>/lock``) for the ``with`` block; yields our pid.
 
     ``blocking=False`` raises :class:`LockHeld` naming the holder's pid at once; ``timeout`` bounds a
     blocking wait (then :class:`LockHeld` too). flock is released by the kernel when the holder dies,
-    so a crashed agent never leaves the host locked.
+    so a crashed agent never leaves the host locked. A state dir or lock file that cannot be used is
+    :class:`StateDirError`.
     """
     make_state_dir(state_dir)
     path = os.path.join(state_dir, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                    raise LockHeld(path, _read_holder(fd)) from None
-                if deadline is None:
-                    fcntl.flock(fd, fcntl.LOCK_EX)
-                    break
-                time.sleep(0.05)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise _failed("cannot open host lock", path, exc) from None
+    try:
+        _flock(fd, fcntl.LOCK_EX, path, blocking=blocking, timeout=timeout)
         pid = os.getpid()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{pid}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{pid}\n".encode(), 0)
+        except OSError as exc:  # a full disk: the lock holds all the same, only its holder is unnamed
+            log.info("host lock %s: cannot record pid %s: %s", path, pid, exc.strerror)
         log.debug("host lock %s taken by pid %s", path, pid)
         try:
             yield pid
         finally:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def read_lock(state_dir: str, *, timeout: float | None = None) -> Iterator[bool]:
+    """The host lock for a dry run: shared, and nothing is created or written; yields whether it holds.
+
+    It waits (up to ``timeout``) while a real run or the agent holds the lock, so a plan never reads a
+    half-done change, and dry runs do not wait for each other. Without a lock file (or a state dir)
+    no hoststorage has ever run here: there is nothing to wait for, and the dry run goes on unlocked.
+    """
+    path = os.path.join(state_dir, LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield False
+        return
+    except NotADirectoryError:
+        raise StateDirError(f"state dir {state_dir} is not a directory") from None
+    except OSError as exc:
+        raise _failed("cannot open host lock", path, exc) from None
+    try:
+        _flock(fd, fcntl.LOCK_SH, path, blocking=True, timeout=timeout)
+        try:
+            yield True
+        finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -193,7 +193,7 @@ def test_bad_input_is_refused_and_changes_nothing(
 
     rc, out = run(owned_host, str(path))
 
-    assert rc == 1
+    assert rc == 2  # bad input, not "valid but not Ready" (1)
     [result] = out
     assert (result["phase"], result["ready"], result["reason"]) == ("Failed", False, "InvalidSpec"), result
     assert f"{field}:" in result["message"], result["message"]

@@ -162,7 +162,7 @@ def test_bad_yaml_names_the_line(tmp_path: pathlib.Path) -> None:
     bad.write_text("apiVersion: v1\nkind: [unclosed\n")
     proc = run("--state-dir", str(tmp_path), "apply", "-f", str(bad))
     assert proc.returncode == 2
-    assert f"{bad}: line 3: invalid YAML" in one_line_error(proc)
+    assert f"InvalidSpec: {bad}#1: invalid YAML at line 3: " in one_line_error(proc)
 
 
 def test_a_document_must_be_a_mapping(tmp_path: pathlib.Path) -> None:
@@ -175,7 +175,7 @@ def test_bad_secret_data_is_refused_without_echoing_it(tmp_path: pathlib.Path) -
     proc = run("--state-dir", str(tmp_path), "apply", "-f", "-", stdin=text)
     assert proc.returncode == 2
     line = one_line_error(proc)
-    assert "Secret data.password is not base64" in line and "not*base64!" not in proc.stderr + proc.stdout
+    assert "stdin#1: data.password: is not base64" in line and "not*base64!" not in proc.stderr + proc.stdout
 
 
 def test_only_unknown_kinds_is_nothing_to_do(tmp_path: pathlib.Path) -> None:
@@ -196,7 +196,7 @@ def test_duplicate_names_are_invalid(tmp_path: pathlib.Path) -> None:
     proc = run("--state-dir", str(tmp_path / "s"), "--allowed-host-path", str(tmp_path), "apply", "-f", "-",
                "-o", "json", stdin=doc + "---\n" + doc)  # fmt: skip
     first, second = json.loads(proc.stdout)
-    assert proc.returncode == 1 and first["ready"] is True
+    assert proc.returncode == 2 and first["ready"] is True  # the first is applied, the run says "bad input"
     assert second["reason"] == "InvalidSpec" and "duplicate StorageConnection 'twice'" in second["message"]
     run(
         "--state-dir",

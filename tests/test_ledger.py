@@ -47,7 +47,8 @@ def test_file_is_private_and_no_temp_file_is_left(tmp_path: pathlib.Path) -> Non
     led.put(entry("a"))
     path = tmp_path / "state" / "ledger.json"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert os.listdir(tmp_path / "state") == ["ledger.json"]
+    assert sorted(os.listdir(tmp_path / "state")) == ["ledger.json", "ledger.reserve"]
+    assert stat.S_IMODE(os.stat(tmp_path / "state" / "ledger.reserve").st_mode) == 0o600
     assert json.loads(path.read_text())["version"] == 1
     # The directory: others pass through to the mount base (qemu), but may not list or write it.
     assert stat.S_IMODE(os.stat(tmp_path / "state").st_mode) == 0o711
@@ -186,4 +187,104 @@ def test_scratch_copy_changes_never_reach_the_disk(tmp_path: pathlib.Path) -> No
     assert [e.name for e in scratch.entries()] == ["b"]
     assert [e.name for e in led.entries()] == ["a"]  # the original is untouched
     assert pathlib.Path(state, "ledger.json").read_bytes() == before
-    assert os.listdir(state) == ["ledger.json"]
+    assert sorted(os.listdir(state)) == ["ledger.json", "ledger.reserve"]
+
+
+# ------------------------------------------------------------------ reserve, read lock, broken state dirs
+
+
+@pytest.mark.parametrize(
+    ("ledger_bytes", "reserve_bytes"),
+    [
+        (1, ledger.RESERVE_STEP),
+        (ledger.RESERVE_STEP, ledger.RESERVE_STEP),
+        (ledger.RESERVE_STEP + 1, 2 * ledger.RESERVE_STEP),
+    ],
+)
+def test_the_reserve_covers_the_ledger_in_steps(
+    tmp_path: pathlib.Path, ledger_bytes: int, reserve_bytes: int
+) -> None:
+    (tmp_path / "ledger.json").write_bytes(b" " * ledger_bytes)
+    ledger.Ledger(str(tmp_path)).ensure_reserve()
+    st = os.stat(tmp_path / "ledger.reserve")
+    assert st.st_size == reserve_bytes and st.st_blocks * 512 >= reserve_bytes  # allocated, not sparse
+    assert stat.S_IMODE(st.st_mode) == 0o600
+
+
+def test_a_growing_write_grows_the_reserve_first(tmp_path: pathlib.Path) -> None:
+    led = ledger.Ledger.load(str(tmp_path))
+    led.put(ledger.LedgerEntry("StoragePool", "big", resource={"pad": "x" * ledger.RESERVE_STEP}))
+    assert os.path.getsize(tmp_path / "ledger.json") > ledger.RESERVE_STEP
+    assert os.path.getsize(tmp_path / "ledger.reserve") == 2 * ledger.RESERVE_STEP
+    assert led.remove("StoragePool", "big")  # a shrink keeps what it has
+    assert os.path.getsize(tmp_path / "ledger.reserve") == 2 * ledger.RESERVE_STEP
+
+
+def test_a_link_planted_as_the_reserve_is_never_followed(tmp_path: pathlib.Path) -> None:
+    victim = tmp_path / "vm-disk.img"
+    victim.write_bytes(b"disk")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.symlink(victim, state / "ledger.reserve")
+    with pytest.raises(
+        ledger.StateDirError, match=f"cannot keep room for the ledger in {state}/ledger.reserve"
+    ):
+        ledger.Ledger.load(str(state)).put(entry("a"))
+    assert victim.read_bytes() == b"disk" and not (state / "ledger.json").exists()
+
+
+def test_a_state_dir_that_is_a_file_is_one_error(tmp_path: pathlib.Path) -> None:
+    state = tmp_path / "state"
+    state.write_text("x")
+    message = f"state dir {state} is not a directory"
+    with pytest.raises(ledger.StateDirError, match=message), ledger.host_lock(str(state)):
+        pass
+    with pytest.raises(ledger.StateDirError, match=message), ledger.read_lock(str(state)):
+        pass
+    with pytest.raises(ledger.StateDirError, match=message):
+        ledger.Ledger.load(str(state))
+    with pytest.raises(ledger.StateDirError, match=f"cannot create state dir {state}/below: Not a directory"):
+        ledger.make_state_dir(str(state / "below"))
+
+
+def test_a_ledger_that_is_a_directory_is_corrupt_not_a_crash(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "ledger.json").mkdir()
+    with pytest.raises(ledger.LedgerCorrupt, match="is not a regular file"):
+        ledger.Ledger.load(str(tmp_path))
+
+
+def test_read_lock_creates_nothing_and_shares(tmp_path: pathlib.Path) -> None:
+    with ledger.read_lock(str(tmp_path / "never")) as locked:
+        assert locked is False
+    assert not (tmp_path / "never").exists()
+    with ledger.read_lock(str(tmp_path)) as locked:
+        assert locked is False and os.listdir(tmp_path) == []
+    with ledger.host_lock(str(tmp_path)):
+        pass
+    before = os.stat(tmp_path / "lock")
+    with ledger.read_lock(str(tmp_path)) as one, ledger.read_lock(str(tmp_path)) as two:
+        assert one and two  # dry runs do not wait for each other
+        with pytest.raises(ledger.LockHeld), ledger.host_lock(str(tmp_path), blocking=False):
+            pass  # a real run waits for a dry run
+    after = os.stat(tmp_path / "lock")
+    assert (after.st_ino, after.st_mtime_ns, after.st_size) == (
+        before.st_ino,
+        before.st_mtime_ns,
+        before.st_size,
+    )
+
+
+def test_read_lock_waits_for_the_holder_and_names_it(tmp_path: pathlib.Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+            with (
+                pytest.raises(ledger.LockHeld, match=f"held by pid {proc.pid}"),
+                ledger.read_lock(str(tmp_path), timeout=0.2),
+            ):
+                pass
+        finally:
+            proc.kill()
+            proc.wait()

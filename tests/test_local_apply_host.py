@@ -349,13 +349,13 @@ def test_nfs_and_iscsi_fail_cleanly_on_this_kernel(cli: Cli, tmp_path: pathlib.P
     assert cli.json("status") == (0, [])
 
 
-def test_apply_exit_code_is_nonzero_when_any_object_is_not_ready(cli: Cli, tmp_path: pathlib.Path) -> None:
+def test_an_invalid_object_exits_2_and_the_valid_one_is_applied(cli: Cli, tmp_path: pathlib.Path) -> None:
     data = pathlib.Path(cli.allowed, "d")
     data.mkdir()
     manifest = write(tmp_path, conn("ok", {"type": "localfs", "localfs": {"path": str(data)}}),
                      conn("bad", {"type": "localfs", "localfs": {"path": "/etc"}}))  # fmt: skip
     rc, out = cli.json("apply", "-f", manifest)
-    assert rc == 1
+    assert rc == 2
     assert [(o["name"], o["ready"], o["reason"]) for o in out] == [("ok", True, "Connected"),
                                                                   ("bad", False, "InvalidSpec")]  # fmt: skip
 
