@@ -31,7 +31,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller import local, settings  # noqa: E402
+from controller import engine, local, settings  # noqa: E402
 
 HOSTSTORAGE = str(pathlib.Path(sys.executable).parent / "hoststorage")
 
@@ -114,7 +114,7 @@ def measure(b: Bench, kind: str, n: int, repeat: int) -> dict[str, list[float]]:
         conf = settings.Settings.build(None, env)
         parsed = local.load_documents([str(manifest)])
         start = time.perf_counter()
-        outcome = local.apply(parsed, conf)
+        outcome = engine.apply(parsed, conf)
         out["noop_inproc"].append(time.perf_counter() - start)
         assert not outcome.changed and all(r.ready for r in outcome.results)
         t, proc = b.cli(state, "delete", "-f", str(manifest))

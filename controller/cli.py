@@ -85,6 +85,11 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         "(env HOSTSTORAGE_ALLOWED_HOST_PATHS, colon-separated)",
     )
     parser.add_argument(
+        "--allow-vfs-type", dest="extra_vfs_types", action="append", default=None, metavar="TYPE",
+        help="a posixfs file system type to allow beside the built-in list (common mount options only); "
+        "repeatable (env HOSTSTORAGE_EXTRA_VFS_TYPES, colon-separated)",
+    )
+    parser.add_argument(
         "--libvirt-uri", dest="libvirt_uri", default=None, metavar="URI",
         help="libvirt connection for StoragePools (env HOSTSTORAGE_LIBVIRT_URI; default qemu:///system)",
     )

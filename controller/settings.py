@@ -22,7 +22,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from hostlib import commands, config
+from hostlib import commands, config, errors, mounts
 
 ENV_PREFIX = "HOSTSTORAGE_"
 
@@ -67,6 +67,11 @@ class Settings:
     qemu_user: str = "auto"
     """Whose r-x access to each new mount is checked besides the agent's rwx, as VDSM checks qemu's:
     ``auto`` (``qemu``, else ``libvirt-qemu``; no check on a node with neither), a user name, or ``none``."""
+
+    extra_vfs_types: tuple[str, ...] = ()
+    """posixfs file system types allowed beside the built-in list (ext2/3/4, xfs, btrfs, cifs, smb3, ceph):
+    repeatable ``--allow-vfs-type``, ``HOSTSTORAGE_EXTRA_VFS_TYPES`` colon-separated. They get the common
+    mount options only; nfs, glusterfs and FUSE types can never be added."""
 
     log_level: str = "WARNING"
     """Python logging level name (DEBUG, INFO, WARNING, ERROR)."""
@@ -132,6 +137,7 @@ class Settings:
             allow_suid=self.allow_suid,
             allow_dev=self.allow_dev,
             qemu_user="" if self.qemu_user == "none" else self.qemu_user,
+            extra_vfs_types=self.extra_vfs_types,
         )
 
     @classmethod
@@ -177,6 +183,11 @@ class Settings:
             raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):
             raise SettingsError(f"qemu-user {self.qemu_user!r} is not auto, none or a user name")
+        for vfs_type in self.extra_vfs_types:
+            try:
+                mounts.check_vfs_type_name(vfs_type)
+            except errors.InvalidSpec as exc:
+                raise SettingsError(f"allow-vfs-type: {exc.message}") from None
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise SettingsError(f"log-level {self.log_level!r} is not a logging level name")
 

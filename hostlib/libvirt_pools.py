@@ -68,8 +68,8 @@ BACKOFF_MAX = 10.0
 SECRET_USAGE_PREFIX = "hoststorage-pool-"  # noqa: S105 - a name prefix, not a password
 
 
-class LibvirtUnavailable(errors.HostStorageError):
-    """libvirtd cannot be reached right now; the layer keeps reconnecting. Temporary."""
+class LibvirtUnavailable(errors.Waiting):
+    """libvirtd cannot be reached right now; the layer keeps reconnecting. A pool waits (Pending)."""
 
     reason = "LibvirtUnavailable"
 
@@ -649,9 +649,6 @@ class PoolLayer:
                 raise
 
         return self._call(f"observe pool {name}", run)
-
-    def list_pools(self) -> list[str]:
-        return self._call("list pools", lambda conn: sorted(p.name() for p in conn.listAllStoragePools(0)))
 
     def define(self, defn: PoolDefinition) -> str:
         """Define (or redefine, same name and UUID) a persistent pool; returns its UUID."""
