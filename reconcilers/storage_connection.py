@@ -57,7 +57,7 @@ MAX_OPTIONS = 32
 MAX_OPTION_LEN = 256
 MAX_BACKUP_SERVERS = connections.MAX_BACKUP_SERVERS
 MAX_HOST = 255
-MAX_VOLUME = 128
+MAX_VOLUME = 64
 
 _VOLUME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _OPTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/=@+-]*$")
@@ -108,9 +108,12 @@ def _parse_nfs(block: Mapping[str, Any], field: str) -> dict[str, Any]:
         allowed=("server", "export", "version", "timeo", "retrans", "options"),
         required=("server", "export"),
     )
+    export = spec.abs_path(block["export"], f"{field}.export")
+    if "," in export:
+        raise spec.invalid(f"{field}.export", f"{export!r} contains a comma")
     out: dict[str, Any] = {
         "server": _host(block["server"], f"{field}.server"),
-        "export": spec.abs_path(block["export"], f"{field}.export"),
+        "export": export,
         "options": _options(block, field),
     }
     if block.get("version") is not None:
@@ -150,6 +153,14 @@ def _parse_posixfs(block: Mapping[str, Any], field: str) -> dict[str, Any]:
     return {"source": source, "vfs_type": vfs, "options": _options(block, field)}
 
 
+def _backup_server(value: object, field: str) -> str:
+    # mount.glusterfs separates backup servers with ':', so an IPv6 address cannot be one.
+    host = spec.host(value, field, bare_ipv6=False)
+    if host.startswith("["):
+        raise spec.invalid(field, "IPv6 backup servers are not supported by mount.glusterfs")
+    return host
+
+
 def _parse_glusterfs(block: Mapping[str, Any], field: str) -> dict[str, Any]:
     spec.fields(
         block, field, allowed=("server", "volume", "backupServers", "options"), required=("server", "volume")
@@ -157,7 +168,10 @@ def _parse_glusterfs(block: Mapping[str, Any], field: str) -> dict[str, Any]:
     backups: tuple[str, ...] = ()
     if block.get("backupServers") is not None:
         backups = spec.string_list(
-            block["backupServers"], f"{field}.backupServers", max_items=MAX_BACKUP_SERVERS, item=_host
+            block["backupServers"],
+            f"{field}.backupServers",
+            max_items=MAX_BACKUP_SERVERS,
+            item=_backup_server,
         )
     return {
         "server": _host(block["server"], f"{field}.server"),

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from hostlib import actions, config, connections, errors, ledger
-from reconcilers import host as host_mod
 from reconcilers import api
+from reconcilers import host as host_mod
 from reconcilers import spec as spec_mod
 from reconcilers import storage_connection as sc
 
