@@ -24,7 +24,6 @@ import types
 from collections.abc import Callable, Sequence
 
 from controller import settings
-from hostlib import errors
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +142,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except user_errors as exc:
         print(f"hoststorage: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except errors.HostStorageError as exc:
-        # Lock held, ledger corrupt, ...: the host layer's message already says what and where.
+    except Exception as exc:
+        # Lock held, ledger corrupt, ...: the host layer's message already says what and where. Looked up
+        # in sys.modules: the cluster controller never loads the host layer.
+        host_errors = sys.modules.get("hostlib.errors")
+        if host_errors is None or not isinstance(exc, host_errors.HostStorageError):
+            raise
         print(f"hoststorage: error: {exc.reason}: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
