@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from controller import settings
+from controller import cli, settings
 from hostlib import config, connections, errors, mounts
 
 
@@ -90,8 +90,6 @@ def test_the_setting_reaches_the_validation_of_a_connection(tmp_path: object) ->
 
 
 def test_the_flag_is_repeatable_and_wins_over_the_environment() -> None:
-    from controller import cli
-
     words = ["--allow-vfs-type", "gfs2", "--allow-vfs-type", "ocfs2", "status"]
     args = cli.build_parser("status").parse_args(words)
     conf = settings.Settings.build(args, {"HOSTSTORAGE_EXTRA_VFS_TYPES": "lustre"})
