@@ -219,7 +219,7 @@ class SecretStore:
 
 @pytest.fixture
 def host(hs_host_config: config.HostConfig, layer: libvirt_pools.PoolLayer) -> Iterator[host_mod.Host]:
-    h = host_mod.Host.for_config(hs_host_config, pools=layer, secret_lookup=SecretStore())
+    h = host_mod.Host.for_config(hs_host_config, pools=lambda: layer, secret_lookup=SecretStore())
     try:
         yield h
     finally:
@@ -374,21 +374,23 @@ def test_bad_input_at_reconcile_leaves_libvirt_and_ledger_unchanged(
     os.makedirs(outside)
     not_block = os.path.join("/dev", "null")
     cases = [
-        ({"dir": {"path": outside}}, "InvalidSpec", "not under an allowed host path"),
-        ({"dir": {"path": "/etc"}}, "InvalidSpec", "not under an allowed host path"),
-        ({"dir": {"path": os.path.join(escape, "x")}}, "InvalidSpec", "not under an allowed host path"),
-        ({"fs": {"device": not_block}}, "InvalidSpec", "not a block device"),
-        ({"fs": {"device": "/dev/hs-no-such-device"}}, "NotFound", "does not exist"),
+        ({"dir": {"path": outside}}, "Failed", "InvalidSpec", "not under an allowed host path"),
+        ({"dir": {"path": "/etc"}}, "Failed", "InvalidSpec", "not under an allowed host path"),
+        ({"dir": {"path": os.path.join(escape, "x")}}, "Failed", "InvalidSpec", "not under an allowed host"),
+        ({"fs": {"device": not_block}}, "Failed", "InvalidSpec", "not a block device"),
+        ({"fs": {"device": "/dev/hs-no-such-device"}}, "Failed", "NotFound", "does not exist"),
         (
+            # The one missing-Secret policy, the connection's: wait for it (Pending), do not fail.
             {"iscsiDirect": {**ID, "chapSecretRef": {"name": "missing", "namespace": "x"}}},
-            "NotFound",
+            "Pending",
+            "SecretNotFound",
             "not found",
         ),
     ]
     before = libvirt_state()
-    for spec, reason, message in cases:
+    for spec, phase, reason, message in cases:
         _, res = apply(host, spec)
-        assert (res.phase, res.reason) == ("Failed", reason), spec
+        assert (res.phase, res.reason) == (phase, reason), spec
         assert message in res.message, (spec, res.message)
     no_roots = host_mod.Host.for_config(
         config.HostConfig(state_dir=host.config.state_dir, mount_base=host.config.mount_base),
@@ -596,7 +598,7 @@ def test_iscsi_direct_pool_on_tgtd(
         assert t.password not in caplog.text
         with open(host.ledger.path) as f:
             assert t.password not in str(res.to_dict()) and t.password not in f.read()
-        host.pools._secret_prints.clear()  # as in a new process, which cannot read the private value back
+        storage_pool.layer_for(host)._secret_prints.clear()  # type: ignore[attr-defined]  # as in a new process, which cannot read the private value back
         again = storage_pool.reconcile(spec, host)
         assert again.ready and not again.changed
     down = storage_pool.teardown(spec, host)
@@ -661,11 +663,9 @@ def test_a_pool_used_by_a_monitor_is_in_use_and_resolve_follows_its_state(host: 
     assert res.ready and storage_pool.resolve(host, spec.name) == target
     host.ledger.put(ledger.LedgerEntry("DomainMonitor", "m1", depends_on=(("StoragePool", spec.name),)))
     busy = storage_pool.teardown(spec, host)
-    assert (busy.reason, busy.ready, busy.retry) == (
-        "InUse",
-        False,
-        True,
-    ) and "DomainMonitor/m1" in busy.message
+    # As a connection in use answers (one teardown policy): Detaching, not Running + TeardownFailed.
+    assert (busy.phase, busy.reason, busy.ready, busy.retry) == ("Detaching", "InUse", False, True)
+    assert "DomainMonitor/m1" in busy.message
     assert spec.libvirt_name in libvirt_state()[0]
     fixtures_libvirt.virsh("pool-destroy", spec.libvirt_name)
     assert storage_pool.resolve(host, spec.name) is None, "a stopped pool has no path to monitor"
@@ -758,7 +758,7 @@ def test_libvirtd_restart_reconnects_and_rereconciles(host: host_mod.Host) -> No
     spec, res = apply(host, {"dir": {"path": target}, "autostart": False})
     assert res.ready
     agent = MiniAgent(host, spec)
-    layer: libvirt_pools.PoolLayer = host.pools
+    layer = storage_pool.layer_for(host)
     try:
         fixtures_libvirt.stop_libvirtd()
         try:
