@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from controller import registry
+from controller import kube, registry
 
 COMPONENT = "hoststorage-agent"
 
@@ -62,24 +62,9 @@ def after_teardown(old_phase: str | None, phase: str, message: str, *, node: str
     return []
 
 
-class EventApi(Protocol):
-    """The call the poster makes: :meth:`controller.kube.Api.post_event` (never raises)."""
-
-    def post_event(
-        self,
-        *,
-        involved: Mapping[str, str],
-        event_type: str,
-        reason: str,
-        message: str,
-        component: str,
-        host: str = "",
-        namespace: str = "default",
-    ) -> None: ...
-
-
-def post(api: EventApi, parent: Mapping[str, Any], event: Event, *, node: str) -> None:
-    """Post ``event`` about ``parent`` from this node's agent."""
+def post(api: kube.Api, parent: Mapping[str, Any], event: Event, *, node: str) -> None:
+    """Post ``event`` about ``parent`` from this node's agent (:meth:`controller.kube.Api.post_event`
+    never raises: an Event that cannot be posted is logged)."""
     meta = parent.get("metadata") or {}
     api.post_event(
         involved={

@@ -223,57 +223,40 @@ def test_monitor_transitions_that_are_news(
     assert [(e.type, e.reason) for e in got] == expected
 
 
-def test_a_connection_has_no_transition_events_but_failures_and_repairs_are_news() -> None:
-    row = registry.row(KIND)
-    assert (
-        events.after_reconcile(
-            row,
-            old_phase="Pending",
-            old_reason=None,
-            phase="Connected",
-            reason="Connected",
-            message="m",
-            node=NODE,
-            repaired=False,
-        )
-        == []
-    )
-    failed = events.after_reconcile(
-        row,
-        old_phase="Connected",
-        old_reason="Connected",
-        phase="Failed",
-        reason="MountFailed",
+@pytest.mark.parametrize(
+    ("old_phase", "old_reason", "phase", "reason", "repaired", "expected"),
+    [
+        ("Pending", None, "Connected", "Connected", False, []),  # no transition Events for connections
+        ("Connected", "Connected", "Failed", "MountFailed", False, [("Warning", "MountFailed")]),
+        ("Failed", "MountFailed", "Failed", "MountFailed", False, []),  # in status, not re-announced
+        ("Failed", "MountFailed", "Failed", "LoginFailed", False, [("Warning", "LoginFailed")]),
+        ("Connected", "Connected", "Connected", "Connected", True, [("Warning", "DriftRepaired")]),
+    ],
+)
+def test_connection_failures_and_repairs_are_news(
+    old_phase: str,
+    old_reason: str | None,
+    phase: str,
+    reason: str,
+    repaired: bool,
+    expected: list[tuple[str, str]],
+) -> None:
+    got = events.after_reconcile(
+        registry.row(KIND),
+        old_phase=old_phase,
+        old_reason=old_reason,
+        phase=phase,
+        reason=reason,
         message="m",
         node=NODE,
-        repaired=False,
+        repaired=repaired,
     )
-    assert [(e.type, e.reason) for e in failed] == [("Warning", "MountFailed")]
-    assert (
-        events.after_reconcile(
-            row,
-            old_phase="Failed",
-            old_reason="MountFailed",
-            phase="Failed",
-            reason="MountFailed",
-            message="m",
-            node=NODE,
-            repaired=False,
-        )
-        == []
-    )
-    repaired = events.after_reconcile(
-        row,
-        old_phase="Connected",
-        old_reason="Connected",
-        phase="Connected",
-        reason="Connected",
-        message="m",
-        node=NODE,
-        repaired=True,
-    )
-    assert [(e.type, e.reason) for e in repaired] == [("Warning", "DriftRepaired")]
+    assert [(e.type, e.reason) for e in got] == expected
+
+
+def test_entering_teardown_failed_is_news_staying_in_it_is_not() -> None:
     assert [e.reason for e in events.after_teardown("Detaching", "TeardownFailed", "m", node=NODE)] == [
         "TeardownFailed"
     ]
     assert events.after_teardown("TeardownFailed", "TeardownFailed", "m", node=NODE) == []
+    assert events.after_teardown("Detaching", "Detached", "m", node=NODE) == []
