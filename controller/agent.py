@@ -54,7 +54,7 @@ from controller import (
     wiring,
     workqueue,
 )
-from hostlib import errors, ledger, libvirt_pools, mounts, preflight
+from hostlib import checker, errors, ledger, libvirt_pools, mounts, preflight
 from reconcilers import host as host_mod
 from reconcilers import kind as kind_mod
 from reconcilers import status as status_mod
@@ -521,6 +521,7 @@ def build_host(
         node_name=conf.node_name,
         secret_lookup=lookup,
         pools=(lambda: pools) if pools is not None else None,
+        checker=checker.Checker,
     )
 
 

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from controller import registry, settings
-from hostlib import errors, ledger, libvirt_pools
+from hostlib import checker, errors, ledger, libvirt_pools
 from reconcilers import host as host_mod
 from reconcilers import kind as kind_mod
 from reconcilers import status
@@ -171,6 +171,7 @@ def make_host(conf: settings.Settings, secrets: Secrets | None = None) -> host_m
         conf.host_config(),
         secret_lookup=secrets.lookup if secrets is not None else None,
         pools=functools.partial(libvirt_pools.shared, conf.libvirt_uri),
+        checker=checker.Checker,
         node_name=socket.gethostname(),
     )
 
