@@ -84,7 +84,7 @@ ROWS: tuple[Row, ...] = (
         ready_phases=frozenset({"Healthy"}),
         failed_phases=frozenset({FAILED, TEARDOWN_FAILED, "Invalid", "Degraded"}),
         module="reconcilers.domain_monitor",
-        runtime="controller.runtimes:MonitorRuntime",
+        runtime="controller.runtimes:Monitors",
         transition_events=frozenset({"Healthy", "Degraded", "Invalid"}),
     ),
 )

@@ -10,10 +10,11 @@ import sys
 import textwrap
 import types
 
+import prometheus_client
 import pytest
 import yaml
 
-from controller import registry
+from controller import agent, registry, runtimes
 from reconcilers import kind, status
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -83,3 +84,12 @@ def test_the_cluster_controller_process_loads_no_reconciler_host_layer_or_libvir
     assert "controller.cluster" in loaded
     assert not {m for m in loaded if m == "libvirt" or m.startswith("hostlib")}
     assert {m for m in loaded if m.startswith("reconcilers.")} <= {"reconcilers.api", "reconcilers.selector"}
+
+
+@pytest.mark.parametrize("row", [r for r in registry.ROWS if r.runtime], ids=lambda r: r.kind)
+def test_a_rows_runtime_is_a_factory_the_agent_can_build(row: registry.Row) -> None:
+    runtime = agent._runtime_factory(row.runtime)(lambda name: None, prometheus_client.CollectorRegistry())
+    assert all(
+        callable(getattr(runtime, m)) for m in ("start", "stop", "ensure", "forget", "report_due", "healthy")
+    )
+    assert isinstance(runtime, runtimes.Monitors) == (row.kind == "DomainMonitor")
