@@ -181,10 +181,6 @@ class MonitorRuntime:
             m = self._monitors.get(name)
             return m.status if m is not None else None
 
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._monitors)
-
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """A state dump (SIGUSR1): every monitor's status and whether a check is outstanding."""
         now = self._clock()
