@@ -6,7 +6,7 @@ Measures, with the real console script as a user runs it (wall time of the whole
 - a no-op apply of the same 50 (converged host: observe only, no host change, "no change");
 - delete of the 50;
 - the process start-up floor (``hoststorage --version``) and the in-process cost of a no-op apply of 50
-  (``controller.local.apply``), to separate Python start-up from reconcile work.
+  (``controller.engine.apply``), to separate Python start-up from reconcile work.
 
 Run as root: ``.venv/bin/python bench/connect.py [--count 50] [--repeat 3]``. Everything lives in a temp
 dir; loop devices and mounts are removed at the end, also on failure.
