@@ -6,7 +6,7 @@ Measures, with the real console script as a user runs it (wall time of the whole
 - a no-op apply of the same 50 (converged host: observe only, no host change, "no change");
 - delete of the 50;
 - the process start-up floor (``hoststorage --version``) and the in-process cost of a no-op apply of 50
-  (``controller.local.apply``), to separate Python start-up from reconcile work.
+  (``controller.engine.apply``), to separate Python start-up from reconcile work.
 
 Run as root: ``.venv/bin/python bench/connect.py [--count 50] [--repeat 3]``. Everything lives in a temp
 dir; loop devices and mounts are removed at the end, also on failure.
@@ -31,7 +31,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller import local, manifests, settings  # noqa: E402
+from controller import engine, manifests, settings  # noqa: E402
 
 HOSTSTORAGE = str(pathlib.Path(sys.executable).parent / "hoststorage")
 
@@ -114,7 +114,7 @@ def measure(b: Bench, kind: str, n: int, repeat: int) -> dict[str, list[float]]:
         conf = settings.Settings.build(None, env)
         parsed = manifests.load([str(manifest)]).documents
         start = time.perf_counter()
-        outcome = local.apply(parsed, conf)
+        outcome = engine.apply(parsed, conf)
         out["noop_inproc"].append(time.perf_counter() - start)
         assert not outcome.changed and all(r.ready for r in outcome.results)
         t, proc = b.cli(state, "delete", "-f", str(manifest))

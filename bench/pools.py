@@ -31,13 +31,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import libvirt
 
 from hostlib import config, libvirt_pools
+from reconcilers import api, storage_pool
 from reconcilers import host as host_mod
-from reconcilers import storage_pool
 
 
 def manifest(name: str, spec: dict[str, object]) -> dict[str, object]:
     return {
-        "apiVersion": storage_pool.API_VERSION,
+        "apiVersion": api.API_VERSION,
         "kind": storage_pool.KIND,
         "metadata": {"name": name},
         "spec": spec,
@@ -94,7 +94,7 @@ def bench_apply(host: host_mod.Host, runs: int, workdir: str) -> None:
 
 
 def bench_events(host: host_mod.Host, runs: int) -> None:
-    layer: libvirt_pools.PoolLayer = host.pools
+    layer = storage_pool.layer_for(host)
     root = host.config.allowed_host_paths[0]
     spec = storage_pool.parse(manifest("bench-event", {"dir": {"path": os.path.join(root, "ev")}}))
     assert storage_pool.reconcile(spec, host).ready
@@ -199,7 +199,7 @@ def main() -> int:
     if not layer.connect():
         print(f"libvirtd at {args.uri} does not answer", file=sys.stderr)
         return 2
-    host = host_mod.Host.for_config(conf, pools=layer)
+    host = host_mod.Host.for_config(conf, pools=lambda: layer)
     try:
         print(f"libvirt {libvirt.getVersion()}, {os.cpu_count()} CPUs")
         bench_apply(host, args.runs, workdir)

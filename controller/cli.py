@@ -26,7 +26,6 @@ import types
 from collections.abc import Callable, Sequence
 
 from controller import settings
-from hostlib import errors
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +86,9 @@ GLOBAL_FLAGS: tuple[GlobalFlag, ...] = (
     GlobalFlag("--allowed-host-path", "allowed_host_paths", "DIR",
                "a directory localfs connections, dir pools and hostPath monitors may use; repeatable "
                "(env HOSTSTORAGE_ALLOWED_HOST_PATHS, colon-separated)", repeatable=True),
+    GlobalFlag("--allow-vfs-type", "extra_vfs_types", "TYPE",
+               "a posixfs file system type to allow beside the built-in list (common mount options only); "
+               "repeatable (env HOSTSTORAGE_EXTRA_VFS_TYPES, colon-separated)", repeatable=True),
     GlobalFlag("--libvirt-uri", "libvirt_uri", "URI",
                "libvirt connection for StoragePools (env HOSTSTORAGE_LIBVIRT_URI; default qemu:///system)"),
     GlobalFlag("--log-level", "log_level", "LEVEL",
@@ -172,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
     except Exception as exc:  # the last guard: a bug must still end as one line, never a traceback
+        from hostlib import errors  # noqa: PLC0415 - here only: the controller never loads hostlib
+
         log.debug("internal error", exc_info=True)
         print(f"hoststorage: internal error: {errors.shown(exc, 500)}", file=sys.stderr)
         return EXIT_INTERNAL
@@ -201,8 +205,12 @@ def _main(argv: Sequence[str] | None) -> int:
     except user_errors as exc:
         print(f"hoststorage: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except errors.HostStorageError as exc:
-        # Lock held, ledger corrupt, ...: the host layer's message already says what and where.
+    except Exception as exc:
+        # Lock held, ledger corrupt, ...: the host layer's message already says what and where. Looked up
+        # in sys.modules: the cluster controller never loads the host layer.
+        host_errors = sys.modules.get("hostlib.errors")
+        if host_errors is None or not isinstance(exc, host_errors.HostStorageError):
+            raise
         print(f"hoststorage: error: {exc.reason}: {exc.message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -5,15 +5,16 @@ functions of :mod:`controller.rollup`), keeps the ``hoststorage.io/teardown`` fi
 releases it once every child is Detached or its node is gone, and sweeps children of deleted nodes and
 deleted parents. With more than one replica, only the holder of a coordination.k8s.io Lease acts.
 
-Like the agent: kopf event handlers feed caches and enqueue keys; blocking API writes run in work-queue
-threads; nothing is written when nothing changed.
+Like the agent, with the same machinery: kopf event handlers (:mod:`controller.wiring`) feed caches
+(:mod:`controller.cache`) and enqueue keys; blocking API writes (:mod:`controller.kube`) run in
+work-queue threads; nothing is written when nothing changed. The kinds are the rows of
+:mod:`controller.registry`: this process never imports a reconciler or the host layer.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import datetime
 import json
 import logging
@@ -22,14 +23,11 @@ import signal
 import socket
 import threading
 import time
-import types
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import kopf
-
-from controller import health, kube, local, metrics, naming, rollup, settings, workqueue
+from controller import cache, health, kube, metrics, naming, registry, rollup, settings, wiring, workqueue
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +42,6 @@ RECHECK_SECONDS = 15.0
 Key = tuple[str, str]
 
 
-def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return (obj or {}).get("metadata") or {}
-
-
 def _now() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
 
@@ -58,19 +52,18 @@ class Controller:
         conf: settings.Settings,
         api: kube.Api,
         *,
-        kinds: Iterable[types.ModuleType] | None = None,
+        kinds: Iterable[str] | None = None,
         stats: metrics.Metrics | None = None,
         identity: str = "",
     ) -> None:
         self.conf = conf
         self.api = api
-        self.kinds = {m.KIND: m for m in (local.KINDS if kinds is None else kinds)}
+        self.kinds = {r.kind: r for r in registry.ordered(kinds)}
         self.metrics = stats or metrics.Metrics("controller")
         self.identity = identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
-        self._lock = threading.Lock()
-        self.parents: dict[Key, dict[str, Any]] = {}
-        self.states: dict[str, dict[str, Any]] = {}
-        self.nodes: dict[str, dict[str, Any]] = {}
+        self.parents = cache.ObjectCache()
+        self.states = cache.ObjectCache()
+        self.nodes = cache.ObjectCache()
         self._blocking: dict[Key, set[str]] = {}
         self.synced = threading.Event()
         self.leader = threading.Event()
@@ -85,43 +78,30 @@ class Controller:
     # ------------------------------------------------------------------ events
 
     def on_parent(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        name = _meta(obj).get("name")
+        name = cache.meta(obj).get("name")
         if kind not in self.kinds or not isinstance(name, str):
             return
-        body = copy.deepcopy(dict(obj))
+        body = dict(obj)
         body.setdefault("kind", kind)
-        with self._lock:
-            if event_type == "DELETED":
-                if kube.resource_version_newer(body, self.parents.get((kind, name))):
-                    self.parents.pop((kind, name), None)
-            elif kube.resource_version_newer(body, self.parents.get((kind, name))):
-                self.parents[(kind, name)] = body
+        self.parents.apply(event_type, (kind, name), body)
         self._enqueue((kind, name))
 
     def on_state(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        name = _meta(obj).get("name")
+        name = cache.meta(obj).get("name")
         if not isinstance(name, str):
             return
-        with self._lock:
-            if event_type == "DELETED":
-                self.states.pop(name, None)
-            elif kube.resource_version_newer(obj, self.states.get(name)):
-                self.states[name] = copy.deepcopy(dict(obj))
+        self.states.apply(event_type, name, obj)
         ref = (obj.get("spec") or {}).get("parentRef") or {}
         if ref.get("kind") in self.kinds and isinstance(ref.get("name"), str):
             self._enqueue((ref["kind"], ref["name"]))
 
     def on_node(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
-        name = _meta(obj).get("name")
+        name = cache.meta(obj).get("name")
         if not isinstance(name, str):
             return
-        with self._lock:
-            old = self.nodes.get(name)
-            if event_type == "DELETED":
-                self.nodes.pop(name, None)
-            elif kube.resource_version_newer(obj, old):
-                self.nodes[name] = copy.deepcopy(dict(obj))
-            new = self.nodes.get(name)
+        old = self.nodes.get(name)
+        self.nodes.apply(event_type, name, obj)
+        new = self.nodes.get(name)
         if event_type == "DELETED":
             self._enqueue((NODE_KIND, name))
         before = rollup.NodeInfo.from_node(old) if old else None
@@ -136,43 +116,38 @@ class Controller:
             self.queue.add(key)
 
     def enqueue_parents(self) -> None:
-        with self._lock:
-            keys = sorted(self.parents)
-        for key in keys:
+        for key in sorted(k for k in self.parents.all_keys() if isinstance(k, tuple)):
             self._enqueue(key)
 
+    def _list_everything(self) -> None:
+        for node in self.api.list_nodes():
+            self.on_node("ADDED", node)
+        for obj in self.api.list_node_states():
+            self.on_state("ADDED", obj)
+        for kind in self.kinds:
+            for obj in self.api.list_parents(kind):
+                self.on_parent(kind, "ADDED", obj)
+
     def initial_refresh(self) -> None:
-        delay = 1.0
-        while not self.stopping.is_set():
-            try:
-                for node in self.api.list_nodes():
-                    self.on_node("ADDED", node)
-                for obj in self.api.list_node_states():
-                    self.on_state("ADDED", obj)
-                for kind in self.kinds:
-                    for obj in self.api.list_parents(kind):
-                        self.on_parent(kind, "ADDED", obj)
-                break
-            except kube.ApiError as exc:
-                log.warning("controller: initial listing failed (%s); retrying in %.0f s", exc, delay)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 30.0)
+        listed = cache.list_with_backoff(
+            self._list_everything, self.stopping, "controller", errors=(kube.ApiError,)
+        )
+        if not listed:
+            return
         self.synced.set()
         self.enqueue_everything()
 
     def enqueue_everything(self) -> None:
         self.enqueue_parents()
-        with self._lock:
-            keys = {
-                (
-                    str(((s.get("spec") or {}).get("parentRef") or {}).get("kind")),
-                    str(((s.get("spec") or {}).get("parentRef") or {}).get("name")),
-                )
-                for s in self.states.values()
-            }
-            node_keys = {
-                (NODE_KIND, str((s.get("spec") or {}).get("nodeName"))) for s in self.states.values()
-            }
+        states = self.states.values()
+        keys = {
+            (
+                str(((s.get("spec") or {}).get("parentRef") or {}).get("kind")),
+                str(((s.get("spec") or {}).get("parentRef") or {}).get("name")),
+            )
+            for s in states
+        }
+        node_keys = {(NODE_KIND, str((s.get("spec") or {}).get("nodeName"))) for s in states}
         for key in sorted(keys | node_keys):
             if key[0] in self.kinds or key[0] == NODE_KIND:
                 self._enqueue(key)
@@ -196,40 +171,32 @@ class Controller:
             self.metrics.duration.labels(key[0]).observe(time.monotonic() - start)
 
     def _children(self, kind: str, name: str) -> list[dict[str, Any]]:
-        with self._lock:
-            return [
-                copy.deepcopy(s)
-                for s in self.states.values()
-                if ((s.get("spec") or {}).get("parentRef") or {}).get("kind") == kind
-                and ((s.get("spec") or {}).get("parentRef") or {}).get("name") == name
-            ]
+        def mine(s: Mapping[str, Any]) -> bool:
+            ref = (s.get("spec") or {}).get("parentRef") or {}
+            return bool(ref.get("kind") == kind and ref.get("name") == name)
+
+        return self.states.values(mine)
 
     def _node_infos(self) -> dict[str, rollup.NodeInfo]:
-        with self._lock:
-            return {name: rollup.NodeInfo.from_node(n) for name, n in self.nodes.items()}
+        infos = (rollup.NodeInfo.from_node(n) for n in self.nodes.values())
+        return {info.name: info for info in infos}
 
     def _delete_children(self, children: Iterable[Mapping[str, Any]], why: str) -> None:
         for child in children:
-            name = str(_meta(child).get("name"))
-            if self.api.delete_node_state(name, uid=str(_meta(child).get("uid") or "") or None):
+            name = str(cache.meta(child).get("name"))
+            if self.api.delete_node_state(name, uid=str(cache.meta(child).get("uid") or "") or None):
                 self.metrics.status_writes.labels("delete").inc()
                 log.info("controller: deleted StorageNodeState %s (%s)", name, why)
 
     def _sweep_node(self, node: str) -> None:
-        with self._lock:
-            if node in self.nodes:
-                return
-            children = [
-                copy.deepcopy(s)
-                for s in self.states.values()
-                if (s.get("spec") or {}).get("nodeName") == node
-            ]
+        if node in self.nodes:
+            return
+        children = self.states.values(lambda s: (s.get("spec") or {}).get("nodeName") == node)
         self._delete_children(children, f"node {node} deleted")
 
     def _process_parent(self, key: Key) -> bool:
         kind, name = key
-        with self._lock:
-            parent = copy.deepcopy(self.parents.get(key))
+        parent = self.parents.get(key)
         children = self._children(kind, name)
         if parent is None:
             self._delete_children(children, f"{kind}/{name} deleted")
@@ -241,9 +208,12 @@ class Controller:
             self._delete_children(stale, f"{kind}/{name} was re-created")
         nodes = self._node_infos()
         now = _now()
-        meta = _meta(parent)
+        meta = cache.meta(parent)
         finalizers = list(meta.get("finalizers") or [])
-        new_status = rollup.rollup(parent, mine, nodes, old_status=parent.get("status"), now=now)
+        new_status = rollup.rollup(
+            parent, mine, nodes, old_status=parent.get("status"), now=now,
+            phases=rollup.phases_of(self.kinds[kind]),
+        )
         self.metrics.observe_parent(kind, name, new_status)
         if rollup.status_changed(parent.get("status"), new_status):
             parent = self.api.patch_parent_status(kind, name, new_status)
@@ -257,7 +227,8 @@ class Controller:
         if not meta.get("deletionTimestamp"):
             if naming.FINALIZER not in finalizers:
                 updated = self.api.set_parent_finalizers(
-                    kind, name, [*finalizers, naming.FINALIZER], str(_meta(parent).get("resourceVersion"))
+                    kind, name, [*finalizers, naming.FINALIZER],
+                    str(cache.meta(parent).get("resourceVersion")),
                 )
                 self.metrics.status_writes.labels("finalizer").inc()
                 self._cache_parent(kind, updated)
@@ -282,9 +253,11 @@ class Controller:
         vanished = {n for n in self._blocking.pop(key, set()) if n not in nodes or n not in present}
         skipped = sorted(set(skipped) | vanished)
         remaining = [f for f in finalizers if f != naming.FINALIZER]
-        self.api.set_parent_finalizers(kind, name, remaining, str(_meta(parent).get("resourceVersion")))
+        self.api.set_parent_finalizers(kind, name, remaining, str(cache.meta(parent).get("resourceVersion")))
         self.metrics.status_writes.labels("finalizer").inc()
-        involved = {"apiVersion": naming.API_VERSION, "kind": kind, "name": name, "uid": str(meta.get("uid"))}
+        involved = {
+            "apiVersion": registry.API_VERSION, "kind": kind, "name": name, "uid": str(meta.get("uid"))
+        }
         if skipped:
             message = (
                 f"teardown finalizer released; nodes gone (deleted or NotReady for more than "
@@ -304,14 +277,12 @@ class Controller:
         return False
 
     def _cache_parent(self, kind: str, obj: Mapping[str, Any]) -> None:
-        name = _meta(obj).get("name")
+        name = cache.meta(obj).get("name")
         if not isinstance(name, str):
             return
-        body = copy.deepcopy(dict(obj))
+        body = dict(obj)
         body.setdefault("kind", kind)
-        with self._lock:
-            if kube.resource_version_newer(body, self.parents.get((kind, name))):
-                self.parents[(kind, name)] = body
+        self.parents.put((kind, name), body)
 
     # ------------------------------------------------------------------ leader election
 
@@ -386,19 +357,23 @@ class Controller:
 
     # ------------------------------------------------------------------ probes
 
+    def alive(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: the work queue's heartbeat (dead or stuck workers fail it)."""
+        ok, why = self.queue.healthy()
+        return ok, {"identity": self.identity, **({"queue": why} if why else {})}
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.synced.is_set(), {"leader": self.leader.is_set(), "identity": self.identity}
 
     def dump(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "identity": self.identity,
-                "leader": self.leader.is_set(),
-                "parents": sorted(f"{k}/{n}" for k, n in self.parents),
-                "states": len(self.states),
-                "nodes": sorted(self.nodes),
-                "queue": self.queue.dump(),
-            }
+        return {
+            "identity": self.identity,
+            "leader": self.leader.is_set(),
+            "parents": sorted(f"{k[0]}/{k[1]}" for k in self.parents.all_keys() if isinstance(k, tuple)),
+            "states": len(self.states),
+            "nodes": sorted(str(n) for n in self.nodes.all_keys()),
+            "queue": self.queue.dump(),
+        }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -444,17 +419,11 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
 
 
 async def _serve(ctl: Controller, conf: settings.Settings) -> int:
-    if conf.log_level.upper() != "DEBUG":
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.warning("state dump: %s", json.dumps(ctl.dump())))
-    registry = kopf.OperatorRegistry()
-    kube.register_watches(registry, ctl, ctl.kinds)
-    kopf.on.login(registry=registry)(kube.login_handler(conf.kubeconfig or None))
-    opsettings = kube.operator_settings(COMPONENT, ctl.identity)
     probes = (
         health.HealthServer(
-            conf.health_port, alive=lambda: (True, {}), ready=ctl.readiness, metrics=ctl.metrics.render
+            conf.health_port, alive=ctl.alive, ready=ctl.readiness, metrics=ctl.metrics.render
         )
         if conf.health_port
         else None
@@ -467,7 +436,10 @@ async def _serve(ctl: Controller, conf: settings.Settings) -> int:
         probes.start()
     log.warning("controller %s started", ctl.identity)
     try:
-        await kopf.operator(registry=registry, settings=opsettings, standalone=True, clusterwide=True)
+        await wiring.operate(
+            ctl, ctl.kinds, kubeconfig=conf.kubeconfig or None, component=COMPONENT, instance=ctl.identity,
+            log_level=conf.log_level,
+        )
     finally:
         ctl.stopping.set()
         await asyncio.to_thread(ctl.queue.shutdown, conf.shutdown_timeout)

@@ -1,10 +1,11 @@
 """``/healthz`` and ``/readyz`` for the kubelet's probes, served from a thread.
 
-Liveness means the process still makes progress (the operator loop beats); readiness means the agent
-finished its initial refresh of the host and can serve (DESIGN.md "Start-up sequence" step 5), and the
-body says what the host cannot do (the preflight report), so ``kubectl exec ... curl /readyz`` explains
-a node that refuses some connection types. The server runs in its own thread so a busy or blocked
-asyncio loop cannot make the probe hang; a stale heartbeat is what fails liveness.
+Liveness is whatever ``alive`` answers: the agent and the controller tie it to their work queue's
+heartbeat (worker threads alive, no key overdue for a worker) and the agent also to the DomainMonitor
+scheduler's (it loops at least every second); readiness means the agent finished its initial refresh of
+the host and can serve (DESIGN.md "Start-up sequence" step 5), and the body says what the host cannot do
+(the preflight report), so ``kubectl exec ... curl /readyz`` explains a node that refuses some connection
+types. The server runs in its own thread so a busy or blocked asyncio loop cannot make the probe hang.
 """
 
 from __future__ import annotations

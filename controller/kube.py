@@ -1,9 +1,10 @@
-"""The few Kubernetes API calls the agent and the controller make, as plain dicts over one client.
+"""The API client: every blocking Kubernetes API call the agent and the controller make, as plain dicts.
 
-Both processes talk to the API in two ways: kopf watches (asyncio, in the operator loop) and the blocking
-calls here, made from worker threads (status writes, finalizers, Events, Leases, the initial listing).
-Keeping every call in this module makes the set of requests small, reviewable and easy to match with
-the RBAC rules in the chart (``tests/data/api_requests.json`` lists them).
+Both processes talk to the API in two ways: kopf watches (asyncio, in the operator loop; their wiring is
+:mod:`controller.wiring`) and the blocking calls here, made from worker threads (status writes,
+finalizers, Events, Leases, the paginated listings). This is the only module that imports the
+``kubernetes`` client (an import-linter contract): the set of requests stays small, reviewable and easy
+to match with the RBAC rules in the chart (``tests/data/api_requests.json`` lists them).
 
 Configuration comes from ``KUBECONFIG`` (or ``~/.kube/config``) or the in-cluster service account,
 through the official client's loaders, so tokens, client certificates and token refresh behave as
@@ -19,20 +20,23 @@ import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from collections.abc import Mapping
+from typing import Any
 
-import kopf
 import kubernetes
 import urllib3
 
-from controller import naming
+from controller import naming, registry
 
 log = logging.getLogger(__name__)
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 REQUEST_TIMEOUT = (5.0, 30.0)
 """(connect, read) seconds for one blocking call; a hung API server must not hang a worker forever."""
+LIST_PAGE = 500
+"""Items per page of a list (``limit``/``continue``): a list of 5,000 Nodes or 250,000
+StorageNodeStates is many bounded responses, never one huge one."""
 
 
 class StartupError(Exception):
@@ -74,12 +78,23 @@ def load_configuration(kubeconfig: str | None = None) -> Any:
     return configuration
 
 
-def plural(kind: str) -> str:
-    return naming.PLURALS[kind]
+def connection_info(kubeconfig: str | None) -> dict[str, Any]:
+    """What kopf's login needs, from the same configuration as :class:`Api` (server, CA, credentials)."""
+    c = load_configuration(kubeconfig)
+    header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization")
+    scheme, token = None, None
+    if header:
+        parts = header.split(" ", 1)
+        scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+    return {
+        "server": c.host, "ca_path": c.ssl_ca_cert, "insecure": not c.verify_ssl, "scheme": scheme,
+        "token": token, "username": c.username or None, "password": c.password or None,
+        "certificate_path": c.cert_file, "private_key_path": c.key_file,
+    }
 
 
 def custom_path(kind: str, name: str | None = None, sub: str | None = None) -> str:
-    path = f"/apis/{naming.GROUP}/{naming.VERSION}/{plural(kind)}"
+    path = f"/apis/{registry.GROUP}/{registry.VERSION}/{registry.PLURALS[kind]}"
     if name is not None:
         path += "/" + urllib.parse.quote(name, safe="")
     if sub:
@@ -93,15 +108,13 @@ class Api:
     def __init__(self, configuration: Any, *, user_agent: str) -> None:
         self.client = kubernetes.client.ApiClient(configuration)
         self.client.user_agent = user_agent
-        self.writes = 0
-        """Count of mutating calls made (the bench reads it through /metrics)."""
 
     def close(self) -> None:
         self.client.close()  # type: ignore[no-untyped-call]
 
     # ---- the one request primitive
 
-    def request(
+    def _call(
         self,
         method: str,
         path: str,
@@ -123,8 +136,6 @@ class Api:
             raise ApiError(0, "Unreachable", f"{method} {path}: {exc}") from None
         except kubernetes.client.ApiException as exc:
             raise ApiError(exc.status or 0, exc.reason or "Error", f"{method} {path}") from None
-        if method != "GET":
-            self.writes += 1
         raw = response.data or b"{}"
         try:
             payload = json.loads(raw)
@@ -137,26 +148,47 @@ class Api:
 
     # ---- reads
 
-    def list_objects(self, path: str, *, label_selector: str | None = None,
-                     field_selector: str | None = None) -> list[dict[str, Any]]:
-        query = {}
+    def list_objects(
+        self, path: str, *, label_selector: str | None = None, field_selector: str | None = None,
+        limit: int = LIST_PAGE,
+    ) -> list[dict[str, Any]]:
+        """Every item of a list, page by page (``limit``/``continue``).
+
+        Pages after the first are served from the same snapshot as the first ("API Concepts: Retrieving
+        large results sets in chunks"); when that snapshot was compacted meanwhile the server answers 410
+        Gone and the list starts over once, from a fresh snapshot."""
+        base: dict[str, str] = {"limit": str(limit)}
         if label_selector:
-            query["labelSelector"] = label_selector
+            base["labelSelector"] = label_selector
         if field_selector:
-            query["fieldSelector"] = field_selector
-        items: list[dict[str, Any]] = self.request("GET", path, query=query).get("items") or []
-        return items
+            base["fieldSelector"] = field_selector
+        for attempt in (1, 2):
+            items: list[dict[str, Any]] = []
+            token = ""
+            try:
+                while True:
+                    query = {**base, "continue": token} if token else base
+                    page = self._call("GET", path, query=query)
+                    items += page.get("items") or []
+                    token = str((page.get("metadata") or {}).get("continue") or "")
+                    if not token:
+                        return items
+            except ApiError as exc:
+                if exc.status != 410 or not token or attempt == 2:
+                    raise
+                log.info("list %s: the continue token expired; listing again from the start", path)
+        raise AssertionError("unreachable")
 
     def list_parents(self, kind: str) -> list[dict[str, Any]]:
         items = self.list_objects(custom_path(kind))
         for item in items:
-            item.setdefault("apiVersion", naming.API_VERSION)
+            item.setdefault("apiVersion", registry.API_VERSION)
             item.setdefault("kind", kind)
         return items
 
-    def get_parent(self, kind: str, name: str) -> dict[str, Any] | None:
+    def _get(self, path: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = self.request("GET", custom_path(kind, name))
+            obj: dict[str, Any] = self._call("GET", path)
         except ApiError as exc:
             if exc.not_found:
                 return None
@@ -164,49 +196,37 @@ class Api:
         return obj
 
     def get_node(self, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self.request("GET", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""))
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        return obj
+        return self._get("/api/v1/nodes/" + urllib.parse.quote(name, safe=""))
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
-        path = "/api/v1/namespaces/{}/secrets/{}".format(
-            urllib.parse.quote(namespace, safe=""), urllib.parse.quote(name, safe="")
-        )
-        try:
-            obj: dict[str, Any] = self.request("GET", path)
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        return obj
+        ns, secret = urllib.parse.quote(namespace, safe=""), urllib.parse.quote(name, safe="")
+        return self._get(f"/api/v1/namespaces/{ns}/secrets/{secret}")
 
     def list_nodes(self) -> list[dict[str, Any]]:
         return self.list_objects("/api/v1/nodes")
 
     def list_node_states(self, *, label_selector: str | None = None) -> list[dict[str, Any]]:
-        return self.list_objects(custom_path("StorageNodeState"), label_selector=label_selector)
+        return self.list_objects(custom_path(registry.NODE_STATE), label_selector=label_selector)
 
     # ---- StorageNodeStates (agent)
 
     def create_node_state(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        obj: dict[str, Any] = self.request("POST", custom_path("StorageNodeState"), body=dict(body))
+        obj: dict[str, Any] = self._call("POST", custom_path(registry.NODE_STATE), body=dict(body))
         return obj
 
-    def patch_node_state_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        obj: dict[str, Any] = self.request(
-            "PATCH", custom_path("StorageNodeState", name, "status"), body={"status": dict(status)},
-            content_type=MERGE_PATCH,
+    def replace_node_state_status(self, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
+        """Make ``status`` the whole status (a JSON patch ``add /status``: keys that went away go, which a
+        merge patch would keep)."""
+        obj: dict[str, Any] = self._call(
+            "PATCH", custom_path(registry.NODE_STATE, name, "status"),
+            body=[{"op": "add", "path": "/status", "value": dict(status)}], content_type=JSON_PATCH,
         )
         return obj
 
     def delete_node_state(self, name: str, *, uid: str | None = None) -> bool:
         body = {"preconditions": {"uid": uid}} if uid else None
         try:
-            self.request("DELETE", custom_path("StorageNodeState", name), body=body)
+            self._call("DELETE", custom_path(registry.NODE_STATE, name), body=body)
         except ApiError as exc:
             if exc.not_found or (uid and exc.conflict):
                 return False
@@ -216,7 +236,7 @@ class Api:
     # ---- parents (controller)
 
     def patch_parent_status(self, kind: str, name: str, status: Mapping[str, Any]) -> dict[str, Any]:
-        obj: dict[str, Any] = self.request(
+        obj: dict[str, Any] = self._call(
             "PATCH", custom_path(kind, name, "status"), body={"status": dict(status)},
             content_type=MERGE_PATCH,
         )
@@ -226,7 +246,7 @@ class Api:
                               resource_version: str) -> dict[str, Any]:
         """Replace the finalizer list, only if the object is still at ``resource_version``."""
         body = {"metadata": {"finalizers": finalizers or None, "resourceVersion": resource_version}}
-        obj: dict[str, Any] = self.request("PATCH", custom_path(kind, name), body=body,
+        obj: dict[str, Any] = self._call("PATCH", custom_path(kind, name), body=body,
                                            content_type=MERGE_PATCH)
         return obj
 
@@ -267,7 +287,7 @@ class Api:
             "count": 1,
         }
         try:
-            self.request("POST", f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/events",
+            self._call("POST", f"/api/v1/namespaces/{urllib.parse.quote(namespace, safe='')}/events",
                          body=body)
         except ApiError as exc:
             log.warning("cannot post event %s about %s/%s: %s", reason, involved.get("kind"),
@@ -276,146 +296,21 @@ class Api:
     # ---- Leases (controller leader election)
 
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = self.request("GET", _lease_path(namespace, name))
-        except ApiError as exc:
-            if exc.not_found:
-                return None
-            raise
-        return obj
+        return self._get(_lease_path(namespace, name))
 
     def create_lease(self, namespace: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        obj: dict[str, Any] = self.request(
+        obj: dict[str, Any] = self._call(
             "POST", f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases", body=dict(body))
         return obj
 
     def replace_lease(self, namespace: str, name: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        obj: dict[str, Any] = self.request("PUT", _lease_path(namespace, name), body=dict(body))
+        obj: dict[str, Any] = self._call("PUT", _lease_path(namespace, name), body=dict(body))
         return obj
 
 
 def _lease_path(namespace: str, name: str) -> str:
     return (f"/apis/coordination.k8s.io/v1/namespaces/{urllib.parse.quote(namespace, safe='')}"
             f"/leases/{urllib.parse.quote(name, safe='')}")
-
-
-def resource_version_newer(new: Mapping[str, Any], old: Mapping[str, Any] | None) -> bool:
-    """Whether ``new`` is at least as recent as ``old`` (resourceVersions compared as integers).
-
-    Kubernetes calls resourceVersion opaque, but etcd-backed servers hand out increasing integers; we
-    only use this to keep a watch event from being overwritten by an older list result, and fall back
-    to "newer" when either is not a number.
-    """
-    if old is None:
-        return True
-    a = (new.get("metadata") or {}).get("resourceVersion")
-    b = (old.get("metadata") or {}).get("resourceVersion")
-    if isinstance(a, str) and isinstance(b, str) and a.isdigit() and b.isdigit():
-        return int(a) >= int(b)
-    return True
-
-
-# ---------------------------------------------------------------- kopf wiring shared by agent and controller
-
-
-class _NoProgress(kopf.ProgressStorage):
-    """Stores nothing: we use event handlers only, and must never write kopf state onto shared parents."""
-
-    def fetch(self, *, key: Any, body: Any) -> None:
-        return None
-
-    def store(self, *, key: Any, record: Any, body: Any, patch: Any) -> None:
-        return None
-
-    def purge(self, *, key: Any, body: Any, patch: Any) -> None:
-        return None
-
-    def touch(self, *, body: Any, patch: Any, value: Any) -> None:
-        return None
-
-    def clear(self, *, essence: Any) -> Any:
-        return essence
-
-
-class _NoDiffBase(kopf.DiffBaseStorage):
-    def fetch(self, *, body: Any) -> None:
-        return None
-
-    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
-        return None
-
-
-def operator_settings(component: str, instance: str) -> Any:
-    """kopf settings that write nothing to watched objects: no progress or diff-base annotations, no
-    finalizers (we register no change-detecting handlers), no Events from handler logs."""
-    settings = kopf.OperatorSettings()
-    settings.persistence.progress_storage = _NoProgress()
-    settings.persistence.diffbase_storage = _NoDiffBase()
-    settings.persistence.finalizer = f"{naming.GROUP}/kopf-unused"
-    settings.posting.enabled = False
-    settings.peering.standalone = True
-    settings.peering.clusterwide = True
-    settings.watching.server_timeout = 300
-    settings.watching.client_timeout = 330
-    settings.watching.connect_timeout = 10
-    settings.networking.request_timeout = 60
-    settings.networking.connect_timeout = 10
-    settings.posting.reporting_component = component
-    settings.posting.reporting_instance = instance
-    settings.scanning.disabled = True
-    return settings
-
-
-def login_handler(kubeconfig: str | None) -> Any:
-    """A kopf login handler using the same configuration as :class:`Api`."""
-
-    def login(**_: Any) -> Any:
-        c = load_configuration(kubeconfig)
-        header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization")
-        scheme, token = None, None
-        if header:
-            parts = header.split(" ", 1)
-            scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
-        return kopf.ConnectionInfo(
-            server=c.host, ca_path=c.ssl_ca_cert, insecure=not c.verify_ssl, scheme=scheme, token=token,
-            username=c.username or None, password=c.password or None,
-            certificate_path=c.cert_file, private_key_path=c.key_file,
-        )
-
-    return login
-
-
-class WatchTarget(Protocol):
-    """What the agent and the controller both watch: the parent kinds, Nodes and StorageNodeStates."""
-
-    def on_parent(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None: ...
-
-    def on_node(self, event_type: str | None, obj: Mapping[str, Any]) -> None: ...
-
-    def on_state(self, event_type: str | None, obj: Mapping[str, Any]) -> None: ...
-
-
-def register_watches(registry: Any, target: WatchTarget, kinds: Iterable[str]) -> None:
-    """kopf event handlers (no persistence on the objects) feeding ``target`` from every watch."""
-    for kind in kinds:
-
-        def parent_event(event: Mapping[str, Any], kind: str = kind, **_: Any) -> None:
-            target.on_parent(kind, event.get("type"), event.get("object") or {})
-
-        kopf.on.event(
-            naming.GROUP, naming.VERSION, naming.PLURALS[kind], registry=registry, id=f"parent-{kind}"
-        )(parent_event)
-
-    def node_event(event: Mapping[str, Any], **_: Any) -> None:
-        target.on_node(event.get("type"), event.get("object") or {})
-
-    def state_event(event: Mapping[str, Any], **_: Any) -> None:
-        target.on_state(event.get("type"), event.get("object") or {})
-
-    kopf.on.event("", "v1", "nodes", registry=registry, id="nodes")(node_event)
-    kopf.on.event(naming.GROUP, naming.VERSION, "storagenodestates", registry=registry, id="states")(
-        state_event
-    )
 
 
 def add_process_arguments(parser: argparse.ArgumentParser, *, workers_help: str) -> None:

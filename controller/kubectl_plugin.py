@@ -32,9 +32,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controller import naming, rollup
+from controller import naming, registry, rollup
 
-PARENT_KINDS = tuple(naming.KIND_PREFIX)
+PARENT_KINDS = tuple(row.kind for row in registry.ROWS)
 """Display order: connections, then pools, then monitors (their dependency order)."""
 NOT_SELECTED = "-"
 MISSING = "Missing"
@@ -97,12 +97,12 @@ class Kubectl:
         return items
 
     def parents(self, kinds: Sequence[str]) -> list[dict[str, Any]]:
-        resources = ",".join(f"{naming.PLURALS[k]}.{naming.GROUP}" for k in kinds)
+        resources = ",".join(f"{registry.PLURALS[k]}.{naming.GROUP}" for k in kinds)
         return self.items(resources)
 
     def node_states(self, selector: str | None = None) -> list[dict[str, Any]]:
         return self.items(
-            f"{naming.PLURALS['StorageNodeState']}.{naming.GROUP}", *(["-l", selector] if selector else [])
+            f"{registry.PLURALS['StorageNodeState']}.{naming.GROUP}", *(["-l", selector] if selector else [])
         )
 
     def nodes(self, selector: str | None = None) -> list[dict[str, Any]]:
@@ -124,8 +124,8 @@ def _kind_of(obj: Mapping[str, Any]) -> str:
 def resolve_kind(word: str) -> str:
     """A kind as people type it: ``StorageConnection``, ``storageconnection(s)``, ``sconn``."""
     low = word.lower()
-    for kind, short in naming.KIND_PREFIX.items():
-        if low in (kind.lower(), naming.PLURALS[kind], short, f"{naming.PLURALS[kind]}.{naming.GROUP}"):
+    for kind, short in ((row.kind, row.short) for row in registry.ROWS):
+        if low in (kind.lower(), registry.PLURALS[kind], short, f"{registry.PLURALS[kind]}.{naming.GROUP}"):
             return kind
     raise PluginError(f"unknown kind {word!r}: one of {', '.join(PARENT_KINDS)} (or sconn, spool, dmon)")
 
@@ -183,7 +183,7 @@ class Row:
         return sorted(n for n, c in self.cells.items() if not c.ready)
 
 
-def _cell(child: Mapping[str, Any] | None, selected: bool) -> Cell:
+def _cell(child: Mapping[str, Any] | None, selected: bool, phases: rollup.Phases) -> Cell:
     if child is None:
         return Cell(
             MISSING, False, MISSING, "no StorageNodeState: the node's agent has not reported", None, selected
@@ -199,8 +199,8 @@ def _cell(child: Mapping[str, Any] | None, selected: bool) -> Cell:
     generation = status.get("observedGeneration")
     return Cell(
         phase=str(status.get("phase") or "Unknown"),
-        ready=rollup.child_ready(status),
-        reason="" if rollup.child_ready(status) else reason,
+        ready=rollup.child_ready(status, phases),
+        reason="" if rollup.child_ready(status, phases) else reason,
         message=message,
         since=since,
         selected=selected,
@@ -226,10 +226,11 @@ def build_rows(
         children = rollup.children_of(parent, by_parent.get((kind, name), []))
         by_node = {str((c.get("spec") or {}).get("nodeName")): c for c in children}
         selected = set(rollup.selected_nodes(parent, infos))
-        cells = {n: _cell(by_node.get(n), True) for n in sorted(selected)}
+        phases = rollup.phases_of(registry.row(kind))
+        cells = {n: _cell(by_node.get(n), True, phases) for n in sorted(selected)}
         for node, child in by_node.items():
             if node in names and node not in selected:
-                cells[node] = _cell(child, False)
+                cells[node] = _cell(child, False, phases)
         rows.append(Row(kind, name, dict(parent), cells))
     order = {k: i for i, k in enumerate(PARENT_KINDS)}
     return sorted(rows, key=lambda r: (order.get(r.kind, 99), r.name))

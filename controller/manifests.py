@@ -100,6 +100,12 @@ class Manifests:
     refused: list[Refused]
 
 
+def report(refused: Sequence[Refused]) -> None:
+    """One line on stderr per refused document."""
+    for refusal in refused:
+        print(refusal.line(), file=sys.stderr)
+
+
 def field_path(parts: Sequence[str | int]) -> str:
     """``spec.nfs.options[1]``, ``metadata.labels['app.kubernetes.io/name']``; every key bounded."""
     out = ""
@@ -388,6 +394,23 @@ def _construct(loader: Any, node: yaml.nodes.Node, base: int) -> tuple[Any, erro
     return None, why
 
 
+def _sort(src: str, obj: Any, docs: list[Document], refused: list[Refused]) -> None:
+    """One loaded document into ``docs`` (``kind: List`` flattened) or ``refused``."""
+    if obj is None:
+        return
+    if not isinstance(obj, dict):
+        why = f"a document must be a mapping (an object), got {type(obj).__name__}"
+        refused.append(Refused(src, errors.InvalidSpec(why)))
+    elif obj.get("kind") == "List" and isinstance(obj.get("items"), list):
+        for j, item in enumerate(obj["items"], start=1):
+            if isinstance(item, dict):
+                docs.append(Document(f"{src}.items[{j}]", item))
+            else:
+                refused.append(Refused(f"{src}.items[{j}]", errors.InvalidSpec("an item must be a mapping")))
+    else:
+        docs.append(Document(src, obj))
+
+
 def load(paths: Sequence[str], *, loader_class: type[Any] | None = None) -> Manifests:
     """Every mapping document of every file, in order; ``kind: List`` documents are flattened."""
     if list(paths).count("-") > 1:
@@ -404,21 +427,8 @@ def load(paths: Sequence[str], *, loader_class: type[Any] | None = None) -> Mani
             src = f"{name}#{number}"
             if error is not None:
                 refused.append(Refused(src, error))
-            elif obj is None:
-                continue
-            elif not isinstance(obj, dict):
-                got = type(obj).__name__
-                why = errors.InvalidSpec(f"a document must be a mapping (an object), got {got}")
-                refused.append(Refused(src, why))
-            elif obj.get("kind") == "List" and isinstance(obj.get("items"), list):
-                for j, item in enumerate(obj["items"], start=1):
-                    if isinstance(item, dict):
-                        docs.append(Document(f"{src}.items[{j}]", item))
-                    else:
-                        why = errors.InvalidSpec("an item must be a mapping")
-                        refused.append(Refused(f"{src}.items[{j}]", why))
             else:
-                docs.append(Document(src, obj))
+                _sort(src, obj, docs, refused)
             if len(docs) > MAX_DOCUMENTS:
                 raise InputError(f"more than {MAX_DOCUMENTS} objects in the input")
     return Manifests(docs, refused)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 
-from hostlib import preflight
+if TYPE_CHECKING:
+    from hostlib import preflight
+
 
 PARENT_STATES = ("selected", "ready", "failed", "pending")
 """``hoststorage_parent_nodes{state}``: the controller's roll-up counts of one parent."""

@@ -1,8 +1,8 @@
 """``hoststorage monitor -f FILE``: watch the DomainMonitors of some manifests in the foreground.
 
 First it makes the host match everything else the files declare (connections, pools: the same
-``apply`` as :mod:`controller.local`), then runs the monitors on :class:`controller.monitoring.MonitorRuntime`
-and prints one line per transition::
+:func:`controller.engine.apply` as ``hoststorage apply``), then runs the monitors on
+:class:`controller.monitoring.MonitorRuntime` and prints one line per transition::
 
     2026-11-25T11:20:03Z  gluster-data  Invalid  ReadTimeout  Read timeout
 
@@ -23,14 +23,13 @@ import datetime
 import logging
 import queue
 import signal
-import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
 
-from controller import local, manifests, monitoring, settings
+from controller import engine, manifests, monitoring, settings
 from hostlib import errors, ledger
 from reconcilers import domain_monitor as dmon
 from reconcilers import host as host_mod
@@ -40,7 +39,7 @@ log = logging.getLogger(__name__)
 RETRY_SECONDS = 5.0
 """How often monitors waiting for their connection or pool are resolved again."""
 
-USER_ERRORS = (local.InputError,)
+USER_ERRORS = (engine.InputError,)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,16 +65,16 @@ def _line(name: str, state: str, reason: str, message: str) -> None:
 def _locked_host(conf: settings.Settings) -> Iterator[host_mod.Host]:
     """A Host with the ledger freshly loaded under the host lock (another command may have changed it)."""
     with ledger.host_lock(conf.state_dir, timeout=conf.lock_timeout):
-        yield host_mod.Host.for_config(conf.host_config(), node_name=socket.gethostname())
+        yield engine.make_host(conf)
 
 
 def run(args: argparse.Namespace, conf: settings.Settings) -> int:
     loaded = manifests.load(args.filenames)
-    local.report(loaded.refused)
+    manifests.report(loaded.refused)
     docs = loaded.documents
     others = [d for d in docs if d.obj.get("kind") != dmon.KIND]
     if any(d.obj.get("kind") not in (None, "Secret") for d in others):
-        outcome = local.apply(others, conf)
+        outcome = engine.apply(others, conf)
         for r in outcome.results:
             if not r.ready:
                 print(f"hoststorage: {r.kind}/{r.name}: {r.phase} {r.reason}: {r.message}", file=sys.stderr)
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
             _line(str(name or doc.source), "Failed", exc.reason, f"{doc.source}: {exc}")
     if not specs:
         print("hoststorage: no DomainMonitor to run", file=sys.stderr)
-        return local.EXIT_NOT_READY
+        return engine.EXIT_NOT_READY
 
     events: queue.SimpleQueue[tuple[str, dmon.MonitorStatus, bool] | None] = queue.SimpleQueue()
     stop = threading.Event()
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
         runtime.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return local.EXIT_OK
+    return engine.EXIT_OK
 
 
 def _ensure(runtime: monitoring.MonitorRuntime, specs: list[dmon.Spec], conf: settings.Settings,

@@ -151,7 +151,6 @@ class MonitorRuntime:
         self._thread: threading.Thread | None = None
         self.jitter: collections.deque[float] = collections.deque(maxlen=JITTER_SAMPLES)
         """Seconds each check was sent after its scheduled time (for the bench and the tests)."""
-        self.loop_iterations = 0
         self.last_loop = clock()
         """Monotonic time of the scheduler's last iteration: a liveness signal for /healthz."""
 
@@ -187,10 +186,6 @@ class MonitorRuntime:
             m = self._monitors.get(name)
             return m.status if m is not None else None
 
-    def names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._monitors)
-
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """A state dump (SIGUSR1): every monitor's status and whether a check is outstanding."""
         now = self._clock()
@@ -223,7 +218,6 @@ class MonitorRuntime:
                 time.sleep(MAX_WAIT)
 
     def _iteration(self) -> None:
-        self.loop_iterations += 1
         self.last_loop = now = self._clock()
         self._apply_commands(now)
         while self._heap and self._heap[0][0] <= now:
@@ -406,21 +400,15 @@ def ensure(runtime: MonitorRuntime, spec: dmon.Spec, host: Any) -> status_mod.No
     """
     try:
         resolved = dmon.resolve_target(spec, host)
-    except errors.InvalidSpec as exc:
+    except errors.HostStorageError as exc:
         runtime.remove(spec.name)
-        return dmon.make_result(spec, "Failed", False, exc.reason, exc.message)
-    except dmon.Waiting as exc:
-        runtime.remove(spec.name)
-        return dmon.make_result(spec, "Pending", False, exc.reason, exc.message, retry=True)
-    recorded = dmon.recorded_probe(host, spec.name)
-    dmon.record(host, spec, resolved, recorded)
-    request = dmon.check_request(spec, resolved, create_probe=not recorded)
-    if recorded and not spec.probe_file:
-        request = dataclasses.replace(request, path=recorded, kind="probe")
+        return dmon.RESULTS.error(spec.name, exc)
+    request = dmon.first_request(spec, resolved, host)
+    dmon.record(host, spec, resolved, dmon.recorded_probe(host, spec.name))
     runtime.set(MonitorConfig.from_spec(spec, request))
     current = runtime.status(spec.name) or dmon.MonitorStatus()
     # The runtime keeps checking on its own schedule: an Invalid domain is not a reason to retry here.
-    return dataclasses.replace(dmon.result_for_status(spec, current), retry=False)
+    return dataclasses.replace(dmon.result_for_status(spec.name, current), retry=False)
 
 
 def record_probe(host: Any, spec: dmon.Spec, status: dmon.MonitorStatus) -> None:
@@ -428,7 +416,7 @@ def record_probe(host: Any, spec: dmon.Spec, status: dmon.MonitorStatus) -> None
     if status.path_kind == "probe" and status.path and dmon.recorded_probe(host, spec.name) != status.path:
         try:
             resolved = dmon.resolve_target(spec, host)
-        except (errors.HostStorageError, dmon.Waiting):
+        except errors.HostStorageError:
             return
         dmon.record(host, spec, resolved, status.path)
 

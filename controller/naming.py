@@ -1,4 +1,4 @@
-"""Names, labels and node-selector matching for StorageNodeStates.
+"""Names and labels of StorageNodeStates.
 
 One StorageNodeState per (parent, node) is the whole status model (DESIGN.md "Status model"), so its
 name must be derivable from the parent's kind and name and the node's name alone: every agent and the
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
 from typing import Any
 
-GROUP = "hoststorage.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+from controller import registry
+
+GROUP = registry.GROUP
+VERSION = registry.VERSION
+API_VERSION = registry.API_VERSION
 
 LABEL_NODE = f"{GROUP}/node"
 LABEL_KIND = f"{GROUP}/kind"
@@ -26,18 +27,6 @@ FINALIZER = f"{GROUP}/teardown"
 MAX_NAME = 253
 MAX_LABEL_VALUE = 63
 _HASH_LEN = 10
-
-KIND_PREFIX: Mapping[str, str] = {
-    "StorageConnection": "sconn",
-    "StoragePool": "spool",
-    "DomainMonitor": "dmon",
-}
-PLURALS: Mapping[str, str] = {
-    "StorageConnection": "storageconnections",
-    "StoragePool": "storagepools",
-    "DomainMonitor": "domainmonitors",
-    "StorageNodeState": "storagenodestates",
-}
 
 _INVALID = re.compile(r"[^a-z0-9.-]+")
 _LABEL_INVALID = re.compile(r"[^A-Za-z0-9._-]+")
@@ -60,7 +49,7 @@ def node_state_name(kind: str, parent: str, node: str) -> str:
     Hashed when the plain form would exceed a DNS subdomain; the hash covers all three inputs, so the
     name stays unique even when two long parents differ only past the cut.
     """
-    prefix = KIND_PREFIX.get(kind, kind.lower())
+    prefix = registry.BY_KIND[kind].short if kind in registry.BY_KIND else kind.lower()
     plain = _INVALID.sub("-", f"{prefix}-{parent}-{node}".lower()).strip(".-")
     return _shorten(plain, MAX_NAME, seed=f"{kind}\0{parent}\0{node}")
 
@@ -74,6 +63,11 @@ def label_value(text: str) -> str:
     return clean
 
 
+def node_selector(node: str) -> str:
+    """The label selector of every StorageNodeState of ``node`` (an agent lists and watches only these)."""
+    return f"{LABEL_NODE}={label_value(node)}"
+
+
 def node_state_labels(kind: str, parent: str, node: str) -> dict[str, str]:
     return {LABEL_NODE: label_value(node), LABEL_KIND: kind, LABEL_PARENT: label_value(parent)}
 
@@ -84,7 +78,7 @@ def node_state_body(
     """The full StorageNodeState object (without status) that an agent creates."""
     return {
         "apiVersion": API_VERSION,
-        "kind": "StorageNodeState",
+        "kind": registry.NODE_STATE,
         "metadata": {
             "name": node_state_name(kind, parent_name, node),
             "labels": node_state_labels(kind, parent_name, node),
@@ -97,45 +91,3 @@ def node_state_body(
             "parentRef": {"apiVersion": API_VERSION, "kind": kind, "name": parent_name, "uid": parent_uid},
         },
     }
-
-
-class SelectorError(ValueError):
-    """The LabelSelector is malformed (unknown operator, values where none are allowed, ...)."""
-
-
-def selector_matches(selector: Mapping[str, Any] | None, labels: Mapping[str, str]) -> bool:
-    """Whether a standard ``metav1.LabelSelector`` matches ``labels``.
-
-    An empty or missing selector matches everything (DESIGN.md: empty = all nodes). Requirements are
-    ANDed. Raises :class:`SelectorError` for a malformed selector so the caller reports InvalidSpec
-    instead of silently matching nothing.
-    """
-    if not selector:
-        return True
-    match_labels = selector.get("matchLabels") or {}
-    if not isinstance(match_labels, Mapping):
-        raise SelectorError("matchLabels must be a map")
-    for key, value in match_labels.items():
-        if labels.get(key) != value:
-            return False
-    expressions = selector.get("matchExpressions") or []
-    if not isinstance(expressions, Sequence):
-        raise SelectorError("matchExpressions must be a list")
-    return all(_expression_matches(expr, labels) for expr in expressions)
-
-
-def _expression_matches(expr: Any, labels: Mapping[str, str]) -> bool:
-    if not isinstance(expr, Mapping) or not isinstance(expr.get("key"), str):
-        raise SelectorError("a matchExpression needs a key")
-    key, op = expr["key"], expr.get("operator")
-    values = expr.get("values") or []
-    if op in ("In", "NotIn"):
-        if not values:
-            raise SelectorError(f"operator {op} needs values (key {key})")
-        present = key in labels and labels[key] in values
-        return bool(present) if op == "In" else not present
-    if op in ("Exists", "DoesNotExist"):
-        if values:
-            raise SelectorError(f"operator {op} takes no values (key {key})")
-        return bool((key in labels) == (op == "Exists"))
-    raise SelectorError(f"unknown operator {op!r} (key {key})")

@@ -18,12 +18,23 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from controller import naming
+from controller import registry
+from reconcilers import selector
 
 MAX_FAILING_NODES = 5
-READY_PHASES = frozenset({"Connected", "Ready", "Active", "Healthy"})
-FAILED_PHASES = frozenset({"Failed", "TeardownFailed"})
-DETACHED_PHASES = frozenset({"Detached"})
+DETACHED_PHASES = frozenset({registry.DETACHED})
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """Which node phases of a kind mean Ready and which mean failed (its registry row's)."""
+
+    ready: frozenset[str]
+    failed: frozenset[str]
+
+
+def phases_of(row: registry.Row) -> Phases:
+    return Phases(row.ready_phases, row.failed_phases)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +80,11 @@ def _condition(children_status: Mapping[str, Any], ctype: str) -> Mapping[str, A
     return None
 
 
-def child_ready(status: Mapping[str, Any]) -> bool:
+def child_ready(status: Mapping[str, Any], phases: Phases) -> bool:
     cond = _condition(status, "Ready")
     if cond is not None:
         return cond.get("status") == "True"
-    return status.get("phase") in READY_PHASES
+    return status.get("phase") in phases.ready
 
 
 def child_reason(status: Mapping[str, Any]) -> tuple[str, str]:
@@ -97,15 +108,11 @@ def children_of(parent: Mapping[str, Any], children: Iterable[Mapping[str, Any]]
 
 def selected_nodes(parent: Mapping[str, Any], nodes: Iterable[NodeInfo]) -> list[str]:
     """Names of the nodes the parent's nodeSelector matches (a malformed selector matches none)."""
-    selector = (parent.get("spec") or {}).get("nodeSelector")
-    out = []
-    for node in nodes:
-        try:
-            if naming.selector_matches(selector, node.labels):
-                out.append(node.name)
-        except naming.SelectorError:
-            return []
-    return sorted(out)
+    try:
+        chosen = selector.parse((parent.get("spec") or {}).get("nodeSelector"))
+    except selector.SelectorError:
+        return []
+    return sorted(node.name for node in nodes if chosen.matches(node.labels))
 
 
 def node_gone(name: str, nodes: Mapping[str, NodeInfo], now: datetime.datetime,
@@ -126,8 +133,10 @@ def rollup(
     *,
     old_status: Mapping[str, Any] | None = None,
     now: datetime.datetime,
+    phases: Phases,
 ) -> dict[str, Any]:
-    """The parent's new status from its children (already filtered by :func:`children_of`)."""
+    """The parent's new status from its children (already filtered by :func:`children_of`); ``phases``
+    are the kind's (:func:`phases_of` its registry row)."""
     meta = parent.get("metadata") or {}
     generation = meta.get("generation")
     deleting = bool(meta.get("deletionTimestamp"))
@@ -147,9 +156,9 @@ def rollup(
         if generation is not None and child_status.get("observedGeneration") != generation:
             stale.append(node)
         reason, message = child_reason(child_status)
-        if child_ready(child_status):
+        if child_ready(child_status, phases):
             ready.append(node)
-        elif child_status.get("phase") in FAILED_PHASES or reason == "InvalidSpec":
+        elif child_status.get("phase") in phases.failed or reason == "InvalidSpec":
             failed.append((node, reason, message))
         else:
             pending.append(node)

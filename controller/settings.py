@@ -20,9 +20,10 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hostlib import commands, config
+if TYPE_CHECKING:
+    from hostlib import commands, config
 
 ENV_PREFIX = "HOSTSTORAGE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -68,6 +69,11 @@ class Settings:
     qemu_user: str = "auto"
     """Whose r-x access to each new mount is checked besides the agent's rwx, as VDSM checks qemu's:
     ``auto`` (``qemu``, else ``libvirt-qemu``; no check on a node with neither), a user name, or ``none``."""
+
+    extra_vfs_types: tuple[str, ...] = ()
+    """posixfs file system types allowed beside the built-in list (ext2/3/4, xfs, btrfs, cifs, smb3, ceph):
+    repeatable ``--allow-vfs-type``, ``HOSTSTORAGE_EXTRA_VFS_TYPES`` colon-separated. They get the common
+    mount options only; nfs, glusterfs and FUSE types can never be added."""
 
     log_level: str = "WARNING"
     """Python logging level name (DEBUG, INFO, WARNING, ERROR)."""
@@ -121,7 +127,12 @@ class Settings:
         return self.mount_base or os.path.join(self.state_dir, "mnt")
 
     def host_config(self, runner: commands.RunnerProtocol | None = None) -> config.HostConfig:
-        """The host layer's view of these settings. ``runner`` replaces the real command runner (tests)."""
+        """The host layer's view of these settings. ``runner`` replaces the real command runner (tests).
+
+        The host layer is imported here, not at module level: the cluster controller builds Settings too
+        and never loads the host stack (tests/test_registry.py checks its ``sys.modules``)."""
+        from hostlib import commands, config  # noqa: PLC0415 - see the docstring
+
         return config.HostConfig(
             state_dir=self.state_dir,
             mount_base=self.effective_mount_base,
@@ -133,6 +144,7 @@ class Settings:
             allow_suid=self.allow_suid,
             allow_dev=self.allow_dev,
             qemu_user="" if self.qemu_user == "none" else self.qemu_user,
+            extra_vfs_types=self.extra_vfs_types,
         )
 
     @classmethod
@@ -178,6 +190,14 @@ class Settings:
             raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):
             raise SettingsError(f"qemu-user {self.qemu_user!r} is not auto, none or a user name")
+        if self.extra_vfs_types:  # only the programs that mount are given any (see host_config)
+            from hostlib import errors, mounts  # noqa: PLC0415
+
+            for vfs_type in self.extra_vfs_types:
+                try:
+                    mounts.check_vfs_type_name(vfs_type)
+                except errors.InvalidSpec as exc:
+                    raise SettingsError(f"allow-vfs-type: {exc.message}") from None
         if self.log_level.upper() not in LOG_LEVELS:
             raise SettingsError(f"log-level {self.log_level!r} is not a logging level name")
 

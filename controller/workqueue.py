@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Any], bool]
 """Runs one key; returns True when the key should be retried with backoff."""
 
+STUCK_SECONDS = 300.0
+"""A key due this long ago and still not started means every worker is stuck in a handler: a handler
+runs a few host commands of at most ``command_timeout`` (60 s) each and bounded libvirt calls, so five
+minutes is well past any healthy run. :meth:`WorkQueue.healthy` then fails liveness."""
+
 
 @dataclasses.dataclass
 class _State:
@@ -110,6 +115,24 @@ class WorkQueue:
     def idle(self) -> bool:
         with self._cond:
             return all(s.queued_at is None and not s.running for s in self._states.values())
+
+    def healthy(self, max_lag: float = STUCK_SECONDS) -> tuple[bool, str]:
+        """The queue's heartbeat for /healthz: every worker thread alive, and no key waiting past its time
+        for more than ``max_lag`` seconds (only when every worker is stuck). (ok, why not)."""
+        with self._cond:
+            if self._stopping:
+                return True, ""
+            dead = [t.name for t in self._threads if not t.is_alive()]
+            if dead:
+                return False, f"work queue threads died: {', '.join(dead)}"
+            now = self._clock()
+            late = [
+                now - s.queued_at for s in self._states.values() if s.queued_at is not None and not s.running
+            ]
+        worst = max(late, default=0.0)
+        if worst > max_lag:
+            return False, f"a key has waited {worst:.0f} s for a worker: every worker is stuck"
+        return True, ""
 
     def dump(self) -> dict[str, Any]:
         """The queue for a SIGUSR1 state dump."""

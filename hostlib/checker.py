@@ -13,8 +13,8 @@ many checks that outlived their timeout, new work goes to a fresh helper and the
 stdin is closed, its answers are still read (a late answer only frees its key), and it is reaped with
 non-blocking ``poll()`` once it exits — never waited on.
 
-:class:`DdChecker` is VDSM's design (one ``dd ... iflag=direct`` child per check) with the same
-interface, kept as the baseline that bench/monitors.py measures against.
+VDSM's design (one ``dd ... iflag=direct`` child per check) is kept as ``bench/dd_checker.py``, the
+baseline that bench/monitors.py measures against.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import selectors
 import subprocess
 import sys
@@ -163,7 +162,7 @@ class CheckResult:
 
 
 class CheckBackend(Protocol):
-    """What the monitor runtime drives: :class:`Checker` or the :class:`DdChecker` baseline."""
+    """What the monitor runtime drives: :class:`Checker` (or the bench's dd baseline)."""
 
     def submit(self, key: Hashable, request: CheckRequest, *, timeout: float) -> bool: ...
     def outstanding(self, key: Hashable) -> float | None: ...
@@ -523,107 +522,3 @@ class Checker:
 
 
 _DROPPED: Hashable = object()
-
-_DD_SECONDS_RE = re.compile(rb"copied, ([0-9.eE+-]+) s")
-
-
-class DdChecker:
-    """VDSM's check: a ``dd if=PATH of=/dev/null bs=4096 count=1 iflag=direct`` child per check.
-
-    The baseline for bench/monitors.py. Same interface as :class:`Checker`; reads ``request.path`` only
-    (no statvfs, no detection), the read delay is what dd reports, like VDSM's ``check.py``.
-    """
-
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, dd: str = "dd") -> None:
-        self._clock = clock
-        self._dd = dd
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = _wake_pipe(self._sel)
-        self._running: dict[int, tuple[Hashable, subprocess.Popen[bytes], float, list[bytes]]] = {}
-        self._keys: dict[Hashable, float] = {}
-        self._zombies: list[subprocess.Popen[bytes]] = []
-
-    def submit(self, key: Hashable, request: CheckRequest, *, timeout: float) -> bool:
-        if key in self._keys:
-            return False
-        assert request.path is not None, "the dd baseline reads an explicit path"
-        now = self._clock()
-        proc = subprocess.Popen(
-            [self._dd, f"if={request.path}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            close_fds=True,
-        )
-        assert proc.stderr is not None
-        fd = proc.stderr.fileno()
-        os.set_blocking(fd, False)
-        self._sel.register(fd, selectors.EVENT_READ)
-        self._running[fd] = (key, proc, now, [])
-        self._keys[key] = now
-        return True
-
-    def outstanding(self, key: Hashable) -> float | None:
-        return self._keys.get(key)
-
-    def wait(self, timeout: float) -> list[tuple[Hashable, CheckResult]]:
-        self._zombies = [p for p in self._zombies if p.poll() is None]
-        out: list[tuple[Hashable, CheckResult]] = []
-        for sel_key, _ in self._sel.select(max(0.0, timeout)):
-            fd = sel_key.fd
-            if fd == self._wake_r:
-                _drain(fd)
-                continue
-            key, proc, sent, chunks = self._running[fd]
-            try:
-                chunk = os.read(fd, _READ_CHUNK)
-            except BlockingIOError:
-                continue
-            if chunk:
-                chunks.append(chunk)
-                continue
-            self._sel.unregister(fd)
-            del self._running[fd]
-            assert proc.stderr is not None
-            proc.stderr.close()
-            self._keys.pop(key, None)
-            rc = proc.poll()
-            if rc is None:
-                self._zombies.append(proc)
-            err = b"".join(chunks)
-            now = self._clock()
-            match = _DD_SECONDS_RE.search(err)
-            # A dd that printed its summary succeeded even if it has not been reaped yet (rc None).
-            if rc in (0, None) and match:
-                out.append((key, CheckResult(ok=True, started=sent, finished=now,
-                                             read_delay=float(match.group(1)), kind="file")))
-            else:
-                text = err.decode(errors="replace").strip().splitlines()
-                out.append((key, CheckResult(ok=False, started=sent, finished=now, stage="read",
-                                             error=text[0] if text else f"dd exited {rc}")))
-        return out
-
-    def close(self) -> None:
-        for fd, (_, proc, _, _) in list(self._running.items()):
-            self._sel.unregister(fd)
-            assert proc.stderr is not None
-            proc.stderr.close()
-            self._zombies.append(proc)
-        self._running.clear()
-        self._keys.clear()
-        deadline = time.monotonic() + 1.0
-        while self._zombies and time.monotonic() < deadline:
-            self._zombies = [p for p in self._zombies if p.poll() is None]
-            time.sleep(0.02)
-        for proc in self._zombies:
-            _abandon(proc)
-        self._zombies.clear()
-        self._sel.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-
-    def wakeup(self) -> None:
-        _poke(self._wake_w)
-
-    def stats(self) -> dict[str, int]:
-        return {"outstanding": len(self._keys), "zombies": len(self._zombies)}

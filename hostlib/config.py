@@ -35,6 +35,9 @@ class HostConfig:
     qemu_user: str = ""
     """Whose r-x access to a new mount is checked besides the agent's (VDSM checks qemu's): a user name,
     ``auto`` (``qemu``, else ``libvirt-qemu``, else no check when neither exists), or empty for none."""
+    extra_vfs_types: tuple[str, ...] = ()
+    """posixfs file system types the admin allows beside the built-in list (``hostlib.mounts``); they get
+    the common mount options only."""
 
     def __post_init__(self) -> None:
         if not os.path.isabs(self.state_dir):

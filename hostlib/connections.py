@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 NFS_DEFAULTS = ("soft", "nosharecache")
 NFS_TIMEO = 100  # deciseconds: with retrans=3 a request to dead NFS fails after about 60 s (VDSM)
 NFS_RETRANS = 3
+NFS_TIMEO_RANGE = (1, 6000)
+NFS_RETRANS_RANGE = (0, 20)
+"""Bounds of spec.nfs.timeo (deciseconds) and retrans; crds/storageconnection.yaml mirrors them."""
 NFS_VERSIONS = {
     "3": ("nfsvers=3",),
     "4": ("nfsvers=4",),
@@ -224,28 +227,19 @@ def validate(params: Params, host: HostConfig) -> None:
                 f"{params.version!r} is not one of {', '.join(NFS_VERSIONS)}", field=_field("nfs", "version")
             )
         if params.timeo is not None:
-            _check_int(params.timeo, 1, 6000, _field("nfs", "timeo"))
+            _check_int(params.timeo, *NFS_TIMEO_RANGE, _field("nfs", "timeo"))
         if params.retrans is not None:
-            _check_int(params.retrans, 0, 30, _field("nfs", "retrans"))
+            _check_int(params.retrans, *NFS_RETRANS_RANGE, _field("nfs", "retrans"))
         mounts.check_options(
             "nfs", params.options, allow_suid=suid, allow_dev=dev, field=_field("nfs", "options")
         )
     elif isinstance(params, PosixfsParams):
-        f = _field("posixfs", "vfsType")
-        if not isinstance(params.vfs_type, str) or not params.vfs_type:
-            raise errors.InvalidSpec("is required (ext4, xfs, btrfs, ...)", field=f)
-        if params.vfs_type in mounts.POSIXFS_REFUSED_TYPES:
-            raise errors.InvalidSpec(
-                f"{params.vfs_type!r} is not allowed: {mounts.POSIXFS_REFUSED_TYPES[params.vfs_type]}",
-                field=f,
-            )
-        if params.vfs_type not in mounts.POSIXFS_TYPES:
-            raise errors.InvalidSpec(
-                f"{params.vfs_type!r} is not one of {', '.join(mounts.POSIXFS_TYPES)}", field=f
-            )
+        kind = mounts.posixfs_kind(
+            params.vfs_type, extra=host.extra_vfs_types, field=_field("posixfs", "vfsType")
+        )
         _check_posix_source(params.source, params.vfs_type, _field("posixfs", "source"))
         mounts.check_options(
-            f"posixfs:{params.vfs_type}",
+            kind,
             params.options,
             allow_suid=suid,
             allow_dev=dev,
@@ -277,19 +271,11 @@ def validate(params: Params, host: HostConfig) -> None:
         )
     elif isinstance(params, IscsiParams):
         paths.split_host_port(params.portal, default_port=iscsi.DEFAULT_PORT, field=_field("iscsi", "portal"))
-        if not isinstance(params.target, str) or not iscsi.valid_iqn(params.target):
-            raise errors.InvalidSpec(
-                f"{params.target!r} is not an iSCSI name (iqn.YYYY-MM.domain[:id], eui.*, naa.*)",
-                field=_field("iscsi", "target"),
-            )
+        iscsi.check_name(params.target, field=_field("iscsi", "target"))
         if params.lun is not None:
             _check_int(params.lun, 0, 16383, _field("iscsi", "lun"))
-        if params.initiator_name is not None and (
-            not isinstance(params.initiator_name, str) or not iscsi.valid_iqn(params.initiator_name)
-        ):
-            raise errors.InvalidSpec(
-                f"{params.initiator_name!r} is not an iSCSI name", field=_field("iscsi", "initiatorName")
-            )
+        if params.initiator_name is not None:
+            iscsi.check_name(params.initiator_name, field=_field("iscsi", "initiatorName"))
         if params.chap is not None:
             _check_chap(params.chap)
     elif isinstance(params, LocalfsParams):
@@ -727,7 +713,7 @@ class IscsiConnection:
     def observe(self) -> ConnectionObserved:
         timeout = self.host.command_timeout
         for s in iscsi.sessions(self.host.runner, timeout=timeout):
-            if s.target == self.params.target and s.portal == self.portal:
+            if iscsi.same_name(s.target, self.params.target) and s.portal == self.portal:
                 dev = self.target()
                 return ConnectionObserved(
                     self.type,

@@ -137,3 +137,11 @@ class NotFound(HostStorageError):
 
 class Timeout(HostStorageError):
     reason = "Timeout"
+
+
+class Waiting(HostStorageError):
+    """Something this object needs is not there yet on this node: a connection not connected, a pool
+    not running, a Secret not created, libvirtd restarting. Nothing was changed; the object is Pending,
+    never Failed, and is retried with backoff. Subclasses name what is awaited in ``reason``."""
+
+    reason = "Waiting"

@@ -31,15 +31,50 @@ RC_SESSION_EXISTS = 15
 RC_NO_OBJECTS = 21
 RC_AUTH_FAILED = 24
 
-# iqn.YYYY-MM.reverse.domain[:anything], eui.<16 hex>, naa.<16 or 32 hex> (RFC 3720/3980).
-_IQN_RE = re.compile(
-    r"^(iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][-a-z0-9.]*(:[-a-z0-9.:]+)?|eui\.[0-9a-f]{16}|naa\.[0-9a-f]{16}([0-9a-f]{16})?)$"
+# iSCSI names, RFC 3720 section 3.2.6 (with RFC 3980 for naa.): this is the one rule; the parsers call
+# valid_name/check_name and the CRDs' patterns are NAME_PATTERN (tests/test_crds.py pins them equal).
+# - iqn.YYYY-MM.<reversed domain>[:<anything>]: the date a naming authority owned the domain (month
+#   01-12), then its labels, then any string of the allowed characters;
+# - eui.<16 hex digits> (EUI-64); naa.<16 or 32 hex digits> (64- or 128-bit NAA);
+# - the allowed characters are ASCII letters, digits, '-', '.' and ':' (3.2.6.2; non-ASCII names,
+#   which the RFC allows after stringprep, are refused: nothing here can normalise them safely);
+# - upper case is accepted everywhere: RFC 3722 folds case before names are compared, so vendors'
+#   "IQN.1992-08.com.NetApp:..." and the RFC's own "eui.02004567A425678D" are the same names in lower
+#   case. Names go to iscsiadm as written; hoststorage compares them with same_name.
+# - at most 223 bytes (3.2.6.1).
+_LABEL = "[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HEX = "[0-9A-Fa-f]"
+NAME_PATTERN = (
+    rf"^([Ii][Qq][Nn]\.[0-9]{{4}}-(0[1-9]|1[0-2])\.{_LABEL}(\.{_LABEL})*(:[A-Za-z0-9.:-]+)?"
+    rf"|[Ee][Uu][Ii]\.{_HEX}{{16}}"
+    rf"|[Nn][Aa][Aa]\.{_HEX}{{16}}({_HEX}{{16}})?)$"
 )
-MAX_IQN = 223
+"""The RFC 3720 name rule as a regular expression that Python, RE2 (the API server) and ECMA-262 read
+alike: no flags, no look-around, explicit letter cases."""
+MAX_NAME = 223
+_NAME_RE = re.compile(NAME_PATTERN)
+NAME_FORMS = "iqn.YYYY-MM.reversed.domain[:id], eui.<16 hex digits> or naa.<16 or 32 hex digits>"
 
 
-def valid_iqn(name: str) -> bool:
-    return len(name) <= MAX_IQN and _IQN_RE.match(name) is not None
+def valid_name(name: str) -> bool:
+    """Whether ``name`` is an RFC 3720 iSCSI name hoststorage accepts (see the rule above)."""
+    return len(name.encode("utf-8")) <= MAX_NAME and _NAME_RE.match(name) is not None
+
+
+def check_name(value: object, *, field: str | None = None) -> str:
+    """``value`` if it is a valid iSCSI name, else InvalidSpec naming ``field``."""
+    if not isinstance(value, str):
+        raise errors.InvalidSpec(f"must be a string, got {type(value).__name__}", field=field)
+    if len(value.encode("utf-8")) > MAX_NAME:
+        raise errors.InvalidSpec(f"is longer than {MAX_NAME} bytes (RFC 3720)", field=field)
+    if not _NAME_RE.match(value):
+        raise errors.InvalidSpec(f"{value!r} is not an iSCSI name ({NAME_FORMS})", field=field)
+    return value
+
+
+def same_name(a: str, b: str) -> bool:
+    """RFC 3722: iSCSI names compare after case folding (ASCII-only names: lower case)."""
+    return a.lower() == b.lower()
 
 
 def iface_name(initiator_name: str) -> str:

@@ -68,8 +68,8 @@ BACKOFF_MAX = 10.0
 SECRET_USAGE_PREFIX = "hoststorage-pool-"  # noqa: S105 - a name prefix, not a password
 
 
-class LibvirtUnavailable(errors.HostStorageError):
-    """libvirtd cannot be reached right now; the layer keeps reconnecting. Temporary."""
+class LibvirtUnavailable(errors.Waiting):
+    """libvirtd cannot be reached right now; the layer keeps reconnecting. A pool waits (Pending)."""
 
     reason = "LibvirtUnavailable"
 
@@ -650,9 +650,6 @@ class PoolLayer:
 
         return self._call(f"observe pool {name}", run)
 
-    def list_pools(self) -> list[str]:
-        return self._call("list pools", lambda conn: sorted(p.name() for p in conn.listAllStoragePools(0)))
-
     def define(self, defn: PoolDefinition) -> str:
         """Define (or redefine, same name and UUID) a persistent pool; returns its UUID."""
         xml = build_pool_xml(defn)
@@ -775,6 +772,19 @@ def _kernel_module_available(
     return False
 
 
+def device_mapper_available(*, misc: str = "/proc/misc") -> bool:
+    """The kernel has device-mapper now (``/proc/misc`` lists it) or can load it. A
+    ``/dev/mapper/control`` node alone proves nothing: lvm2's packages create it on kernels without
+    the driver, and lvcreate then fails half-way."""
+    try:
+        with open(misc, encoding="ascii", errors="replace") as f:
+            if any(line.split()[-1:] == ["device-mapper"] for line in f):
+                return True
+    except OSError:
+        pass
+    return _kernel_module_available("dm_mod")
+
+
 def _filesystem_available(fstype: str) -> bool:
     try:
         with open("/proc/filesystems", encoding="ascii", errors="replace") as f:
@@ -815,7 +825,7 @@ def preflight(pool_type: str, source_format: str | None = None) -> None:
         if shutil.which("iscsiadm") is None:
             raise errors.Unsupported("iscsi pools need iscsiadm (open-iscsi), which is not installed")
     elif pool_type == "logical" and not (
-        _kernel_module_available("dm_mod") or os.path.exists("/dev/mapper/control")
+        device_mapper_available()
     ):
         raise errors.Unsupported("logical pools need device-mapper, and this kernel has none (no dm_mod)")
 

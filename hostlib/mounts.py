@@ -40,6 +40,11 @@ Option policy (the spec is untrusted; options go to a privileged mount(8)):
     subvolid=N, ssd, nossd, autodefrag, noautodefrag, space_cache=v2;
     cifs/smb3: vers=, sec=, uid=N, gid=N, file_mode=0NNN, dir_mode=0NNN, cache=, seal, nobrl, guest,
     serverino, noserverino (credentials are not options: secrets never go on a command line);
+    ceph (CephFS, the kernel client): name=, fs=/mds_namespace=, recover_session=no|clean, ms_mode=,
+    rsize/wsize/rasize=N, acl, noacl, wsync, nowsync, noshare, dcache, nodcache; secret= and
+    secretfile= are refused (the key of name= comes from the node's /etc/ceph keyring);
+    a type the admin added with --allow-vfs-type: the common options only; glusterfs, nfs and FUSE
+    types (fuse, fuse.*) are never posixfs types;
   * glusterfs: acl, log-level=LEVEL, transport=tcp|rdma, direct-io-mode=enable|disable,
     attribute-timeout=N, entry-timeout=N, negative-timeout=N, use-readdirp=yes|no,
     volfile-max-fetch-attempts=N, fopen-keep-cache, auto_unmount (``backup-volfile-servers`` comes
@@ -413,6 +418,21 @@ GLUSTER: dict[str, str | None] = {
     "volfile-max-fetch-attempts": _NUM,
 }
 
+# ---- posixfs file system types (VDSM "POSIX compliant FS" domains)
+# The built-in allow-list: what VDSM admins run as POSIX domains. An admin extends it per host with
+# --allow-vfs-type (HostConfig.extra_vfs_types); an extended type gets the common options only.
+CEPH: dict[str, str | None] = {
+    # The cephx key comes from the node's /etc/ceph keyring for name=; see POSIXFS_FORBIDDEN.
+    **dict.fromkeys(["acl", "noacl", "wsync", "nowsync", "noshare", "dcache", "nodcache"]),
+    "name": "[A-Za-z0-9_.-]{1,64}",
+    "fs": "[A-Za-z0-9_.-]{1,64}",
+    "mds_namespace": "[A-Za-z0-9_.-]{1,64}",
+    "recover_session": "no|clean",
+    "ms_mode": "legacy|crc|secure|prefer-crc|prefer-secure",
+    "rsize": _NUM,
+    "wsize": _NUM,
+    "rasize": _NUM,
+}
 POSIXFS_TYPES: dict[str, dict[str, str | None]] = {
     "ext2": EXT,
     "ext3": EXT,
@@ -421,12 +441,14 @@ POSIXFS_TYPES: dict[str, dict[str, str | None]] = {
     "btrfs": BTRFS,
     "cifs": CIFS,
     "smb3": CIFS,
+    "ceph": CEPH,
 }
-# vfsType values a posixfs spec may not use, with what to do instead.
+# vfsType values a posixfs spec may not use, with what to do instead; an admin cannot allow them either.
 POSIXFS_REFUSED_TYPES = {
     "nfs": "use type nfs",
     "nfs4": "use type nfs",
     "glusterfs": "use type glusterfs",
+    "fuse": "FUSE helpers of posixfs would run in the agent's cgroup and die with it; use a kernel client",
     "bind": "bind mounts are not allowed",
     "none": "bind mounts are not allowed",
     "tmpfs": "not storage",
@@ -435,14 +457,66 @@ POSIXFS_REFUSED_TYPES = {
     "devtmpfs": "not storage",
     "overlay": "not storage",
 }
+POSIXFS_FORBIDDEN: dict[str, dict[str, str]] = {
+    "ceph": {
+        "secret": "secrets never go on a command line (mount.ceph reads the key of name= from /etc/ceph)",
+        "secretfile": "it would send any host file to the server the spec names; the key of name= comes "
+        "from the node's /etc/ceph keyring",
+    },
+}
 # Filesystems whose source is a network path rather than a device.
 NETWORK_POSIXFS = frozenset({"cifs", "smb3"})
+VFS_TYPE_PATTERN = "^[a-z0-9][a-z0-9._]*$"
+"""The shape of a vfsType (``mount -t``); crds/storageconnection.yaml uses the same pattern."""
+MAX_VFS_TYPE = 32
+EXTENDED = "posixfs:*"
+"""The option allow-list kind of a vfsType the admin added: the common options only."""
+FORBIDDEN_BY_KIND.update({f"posixfs:{t}": why for t, why in POSIXFS_FORBIDDEN.items()})
+
+
+def refused_vfs_type(vfs_type: str) -> str | None:
+    """Why ``vfs_type`` may never be a posixfs type (``fuse.*`` included), or None."""
+    if vfs_type.startswith("fuse."):
+        return POSIXFS_REFUSED_TYPES["fuse"]
+    return POSIXFS_REFUSED_TYPES.get(vfs_type)
+
+
+def check_vfs_type_name(vfs_type: object, *, field: str | None = None) -> str:
+    """The shape of a vfsType, and not a refused one; raises InvalidSpec."""
+    if not isinstance(vfs_type, str) or not vfs_type:
+        raise errors.InvalidSpec("is required (ext4, xfs, btrfs, ceph, ...)", field=field)
+    if len(vfs_type) > MAX_VFS_TYPE or not re.match(VFS_TYPE_PATTERN, vfs_type):
+        raise errors.InvalidSpec(
+            f"{vfs_type!r} is not a file system type name ({VFS_TYPE_PATTERN}, at most {MAX_VFS_TYPE})",
+            field=field,
+        )
+    why = refused_vfs_type(vfs_type)
+    if why is not None:
+        raise errors.InvalidSpec(f"{vfs_type!r} is not allowed: {why}", field=field)
+    return vfs_type
+
+
+def posixfs_kind(vfs_type: object, *, extra: Iterable[str] = (), field: str | None = None) -> str:
+    """The option allow-list kind of a posixfs ``vfsType``: ``posixfs:<type>`` for a built-in type,
+    :data:`EXTENDED` for one the admin added (``extra``); InvalidSpec for anything else."""
+    name = check_vfs_type_name(vfs_type, field=field)
+    if name in POSIXFS_TYPES:
+        return f"posixfs:{name}"
+    extra = tuple(extra)
+    if name in extra:
+        return EXTENDED
+    known = ", ".join([*POSIXFS_TYPES, *extra])
+    raise errors.InvalidSpec(
+        f"{name!r} is not one of {known} (an admin may add types with --allow-vfs-type)", field=field
+    )
+
 
 ALLOWED: dict[str, dict[str, str | None]] = {
     "nfs": {**COMMON, **NFS},
     "glusterfs": {**COMMON, **GLUSTER},
     "localfs": {},
     **{f"posixfs:{t}": {**COMMON, **extra} for t, extra in POSIXFS_TYPES.items()},
+    EXTENDED: dict(COMMON),
 }
 
 

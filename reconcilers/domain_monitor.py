@@ -20,22 +20,26 @@ import dataclasses
 import datetime
 import enum
 import errno
-import importlib
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostlib import actions, checker, domain_metadata, errors, ledger, paths
-from reconcilers import status, storage_connection
+from reconcilers import host as host_mod
+from reconcilers import kind, selector, spec, status, storage_connection, storage_pool
 
 log = logging.getLogger(__name__)
 
 KIND = "DomainMonitor"
 DETAIL_KEY = "monitor"
-ORDER = 2
+RESULTS = status.Results(KIND, DETAIL_KEY, status.Phase.HEALTHY)
+subscribe = kind.no_host_events
+SPEC_FIELDS = (
+    "nodeSelector", "deletionPolicy", "target", "probeFile", "intervalSeconds", "timeoutSeconds",
+    "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds",
+)
 
 INTERVAL_RANGE = (1, 3600)
 REPORT_INTERVAL_RANGE = (1, 86400)
@@ -73,7 +77,9 @@ class Spec:
     target: Target
     uid: str = ""
     generation: int = 0
-    node_selector: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    node_selector: selector.NodeSelector = dataclasses.field(default_factory=selector.NodeSelector)
+    deletion_policy: str = "Detach"
+    """Retain: teardown leaves the probe file hoststorage created in place."""
     probe_file: str = ""
     """Relative to the target; empty means VDSM metadata if found, else hoststorage's own probe file."""
     interval: float = DEFAULT_INTERVAL
@@ -82,107 +88,61 @@ class Spec:
     report_interval: float = DEFAULT_REPORT_INTERVAL
 
 
-def _int_in(value: object, field: str, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise errors.InvalidSpec(f"must be a whole number of seconds, got {value!r}", field=field)
-    if not lo <= value <= hi:
-        raise errors.InvalidSpec(f"{int(value)} is out of range {lo}..{hi}", field=field)
-    return int(value)
-
-
-def _number_in(value: object, field: str, lo: float, hi: float, *, lo_open: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise errors.InvalidSpec(f"must be a number, got {value!r}", field=field)
-    v = float(value)
-    if math.isnan(v) or v > hi or v < lo or (lo_open and v == lo):
-        raise errors.InvalidSpec(f"{value} is out of range {'(' if lo_open else '['}{lo}, {hi}]", field=field)
-    return v
-
-
-def _mapping(value: object, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise errors.InvalidSpec(f"must be an object, got {type(value).__name__}", field=field)
-    return value
-
-
-def _no_extra(obj: Mapping[str, Any], allowed: set[str], field: str) -> None:
-    extra = sorted(set(obj) - allowed)
-    if extra:
-        raise errors.InvalidSpec(f"unknown field(s) {', '.join(map(str, extra))}", field=field)
-
-
 def _parse_target(raw: object) -> Target:
-    t = _mapping(raw, "spec.target")
-    _no_extra(t, {k.value for k in TargetKind}, "spec.target")
-    given = [k for k in TargetKind if t.get(k.value) is not None]
-    if len(given) != 1:
-        raise errors.InvalidSpec(
-            "exactly one of connectionRef, poolRef or hostPath must be set"
-            + (f" (got {', '.join(given)})" if given else ""),
-            field="spec.target",
-        )
-    kind = given[0]
-    if kind is TargetKind.CONNECTION:
-        ref = _mapping(t[kind.value], "spec.target.connectionRef")
-        _no_extra(ref, {"name", "path"}, "spec.target.connectionRef")
-        name = paths.validate_name(ref.get("name"), field="spec.target.connectionRef.name")
-        sub = ref.get("path") or ""
-        sub = paths.validate_relative_path(sub, field="spec.target.connectionRef.path") if sub else ""
-        return Target(kind, name, "" if sub == "." else sub)
-    if kind is TargetKind.POOL:
-        ref = _mapping(t[kind.value], "spec.target.poolRef")
-        _no_extra(ref, {"name"}, "spec.target.poolRef")
-        return Target(kind, paths.validate_name(ref.get("name"), field="spec.target.poolRef.name"))
-    return Target(kind, path=paths.validate_abs_path(t[kind.value], field="spec.target.hostPath"))
+    field = "spec.target"
+    t = spec.mapping(raw, field)
+    choices = tuple(k.value for k in TargetKind)
+    spec.fields(t, field, allowed=choices)
+    which = TargetKind(spec.exactly_one(t, field, choices))
+    f = f"{field}.{which.value}"
+    if which is TargetKind.CONNECTION:
+        ref = spec.mapping(t[which.value], f)
+        spec.fields(ref, f, allowed=("name", "path"), required=("name",))
+        sub = ref.get("path")
+        path = "" if sub in (None, "") else spec.relative_path(sub, f"{f}.path")
+        return Target(which, spec.name(ref["name"], f"{f}.name"), path)
+    if which is TargetKind.POOL:
+        ref = spec.mapping(t[which.value], f)
+        spec.fields(ref, f, allowed=("name",), required=("name",))
+        return Target(which, spec.name(ref["name"], f"{f}.name"))
+    return Target(which, path=spec.abs_path(t[which.value], f))
 
 
 def parse(obj: Mapping[str, Any]) -> Spec:
-    meta = _mapping(obj.get("metadata") or {}, "metadata")
-    name = paths.validate_name(meta.get("name"), field="metadata.name")
-    uid = meta.get("uid") or ""
-    generation = meta.get("generation") or 0
-    spec = _mapping(obj.get("spec"), "spec") if obj.get("spec") is not None else None
-    if spec is None:
-        raise errors.InvalidSpec("is required", field="spec")
-    _no_extra(
-        spec,
-        {"nodeSelector", "target", "probeFile", "intervalSeconds", "timeoutSeconds",
-         "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds", "deletionPolicy"},
-        "spec",
-    )
-    selector = _mapping(spec.get("nodeSelector") or {}, "spec.nodeSelector")
-    storage_connection.parse_node_selector(selector)
-    if spec.get("target") is None:
-        raise errors.InvalidSpec("is required", field="spec.target")
-    target = _parse_target(spec["target"])
-    probe = spec.get("probeFile") or ""
-    if probe:
-        probe = paths.validate_relative_path(probe, field="spec.probeFile")
-        if probe in ("", "."):
-            raise errors.InvalidSpec("must name a file under the target", field="spec.probeFile")
-    interval = _int_in(spec.get("intervalSeconds", DEFAULT_INTERVAL), "spec.intervalSeconds", *INTERVAL_RANGE)
-    timeout = _int_in(spec.get("timeoutSeconds", interval), "spec.timeoutSeconds", *INTERVAL_RANGE)
-    warn = _number_in(
-        spec.get("readDelayWarningSeconds", DEFAULT_READ_DELAY_WARNING), "spec.readDelayWarningSeconds",
-        0.0, 3600.0, lo_open=True,
-    )
-    free = spec.get("freeSpaceWarningPercent")
-    free_pct = None if free is None else _number_in(free, "spec.freeSpaceWarningPercent", 0.0, 100.0)
-    report = _int_in(
-        spec.get("reportIntervalSeconds", DEFAULT_REPORT_INTERVAL), "spec.reportIntervalSeconds",
-        *REPORT_INTERVAL_RANGE,
-    )
+    """A DomainMonitor manifest -> :class:`Spec`; InvalidSpec naming the field. No I/O."""
+    meta, raw = spec.envelope(obj, KIND)
+    spec.fields(raw, "spec", allowed=SPEC_FIELDS, required=("target",))
+    target = _parse_target(raw["target"])
+    probe = ""
+    if raw.get("probeFile") is not None:
+        probe = spec.relative_path(raw["probeFile"], "spec.probeFile")
+        if not probe:
+            raise spec.invalid("spec.probeFile", "must name a file under the target")
+
+    def seconds(key: str, default: int, bounds: tuple[int, int]) -> int:
+        value = raw.get(key)
+        return default if value is None else spec.integer(value, f"spec.{key}", low=bounds[0], high=bounds[1])
+
+    interval = seconds("intervalSeconds", DEFAULT_INTERVAL, INTERVAL_RANGE)
+    warn = raw.get("readDelayWarningSeconds")
+    free = raw.get("freeSpaceWarningPercent")
     return Spec(
-        name=name,
+        name=meta.name,
         target=target,
-        uid=uid if isinstance(uid, str) else "",
-        generation=generation if isinstance(generation, int) else 0,
-        node_selector=dict(selector),
+        uid=meta.uid,
+        generation=meta.generation or 0,
+        node_selector=spec.node_selector(raw.get("nodeSelector")),
+        deletion_policy=spec.deletion_policy(raw),
         probe_file=probe,
         interval=interval,
-        timeout=timeout,
-        thresholds=Thresholds(warn, free_pct),
-        report_interval=report,
+        timeout=seconds("timeoutSeconds", interval, INTERVAL_RANGE),
+        thresholds=Thresholds(
+            DEFAULT_READ_DELAY_WARNING
+            if warn is None
+            else spec.number(warn, "spec.readDelayWarningSeconds", low=0.0, high=3600.0, low_open=True),
+            None if free is None else spec.number(free, "spec.freeSpaceWarningPercent", low=0.0, high=100.0),
+        ),
+        report_interval=seconds("reportIntervalSeconds", DEFAULT_REPORT_INTERVAL, REPORT_INTERVAL_RANGE),
     )
 
 
@@ -438,24 +398,10 @@ class Resolved:
     depends_on: tuple[tuple[str, str], ...] = ()
 
 
-class Waiting(Exception):
-    """The target is not there yet on this node (connection not Connected, pool not running)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def _resolver(module: str) -> Any:
-    # Looked up at call time: the connection and pool kinds are sibling modules, and this keeps the
-    # monitor independent of their import graph.
-    return importlib.import_module(f"reconcilers.{module}").resolve
-
-
-def resolve_target(spec: Spec, host: Any) -> Resolved:
-    """Where to check; raises :class:`Waiting` or InvalidSpec. No storage I/O of its own."""
-    t = spec.target
+def resolve_target(mon: Spec, host: host_mod.Host) -> Resolved:
+    """Where to check; raises :class:`hostlib.errors.Waiting` (the connection or pool is not there yet)
+    or InvalidSpec. No storage I/O of its own."""
+    t = mon.target
     if t.kind is TargetKind.HOST_PATH:
         roots = [r for r in host.config.allowed_host_paths if paths.is_under(r, t.path)]
         if not roots:
@@ -464,21 +410,17 @@ def resolve_target(spec: Spec, host: Any) -> Resolved:
                                      field="spec.target.hostPath")
         return Resolved(t.path, roots[0])
     if t.kind is TargetKind.CONNECTION:
-        path = _resolver("storage_connection")(host, t.name, t.path or None)
-        if path is None:
-            raise Waiting("WaitingForConnection", f"StorageConnection {t.name} is not connected on this node")
-        return Resolved(path, path, (("StorageConnection", t.name),))
-    path = _resolver("storage_pool")(host, t.name)
-    if path is None:
-        raise Waiting("WaitingForPool", f"StoragePool {t.name} is not running on this node")
-    return Resolved(path, path, (("StoragePool", t.name),))
+        path = storage_connection.require(host, t.name, t.path or None)
+        return Resolved(path, path, ((storage_connection.KIND, t.name),))
+    path = storage_pool.require(host, t.name)
+    return Resolved(path, path, ((storage_pool.KIND, t.name),))
 
 
-def check_request(spec: Spec, resolved: Resolved, *, create_probe: bool) -> checker.CheckRequest:
+def check_request(mon: Spec, resolved: Resolved, *, create_probe: bool) -> checker.CheckRequest:
     """The first request for a monitor: an explicit probeFile, else detection in the helper."""
-    if spec.probe_file:
+    if mon.probe_file:
         return checker.CheckRequest(target=resolved.target, root=resolved.root,
-                                    path=os.path.join(resolved.target, spec.probe_file), kind="file",
+                                    path=os.path.join(resolved.target, mon.probe_file), kind="file",
                                     create_probe=False)
     return checker.CheckRequest(target=resolved.target, root=resolved.root, create_probe=create_probe)
 
@@ -499,137 +441,152 @@ def followup_request(first: checker.CheckRequest, result: checker.CheckResult) -
 # ------------------------------------------------------------------------------------------- reconcile
 
 
-def make_result(spec: Spec, phase: str, ready: bool, reason: str, message: str, *,
-            detail: Mapping[str, Any] | None = None, changed: bool = False,
-            acts: tuple[actions.Action, ...] = (), retry: bool = False) -> status.NodeResult:
-    cond = status.Condition("Ready", status.ConditionStatus.TRUE if ready else status.ConditionStatus.FALSE,
-                            reason, message)
-    return status.NodeResult(KIND, spec.name, phase, ready, reason, message, DETAIL_KEY,
-                             detail=dict(detail or {}), conditions=(cond,), actions=acts, changed=changed,
-                             retry=retry)
-
-
-def _entry(spec: Spec, resolved: Resolved, probe: str) -> ledger.LedgerEntry:
+def _entry(mon: Spec, resolved: Resolved, probe: str) -> ledger.LedgerEntry:
     resource: dict[str, Any] = {"target": resolved.target, "root": resolved.root}
     if probe:
         resource["probeFile"] = probe
-    return ledger.LedgerEntry(KIND, spec.name, spec.uid, resource, resolved.depends_on)
+    if mon.deletion_policy != "Detach":
+        resource["deletionPolicy"] = mon.deletion_policy
+    return ledger.LedgerEntry(KIND, mon.name, mon.uid, resource, resolved.depends_on)
 
 
-def record(host: Any, spec: Spec, resolved: Resolved, probe: str) -> bool:
+def record(host: host_mod.Host, mon: Spec, resolved: Resolved, probe: str) -> bool:
     """Put the monitor's ledger entry (target, probe file, depends_on); True when it changed."""
-    entry = _entry(spec, resolved, probe)
-    if host.ledger.get(KIND, spec.name) == entry:
+    entry = _entry(mon, resolved, probe)
+    if host.ledger.get(KIND, mon.name) == entry:
         return False
     host.ledger.put(entry)
     return True
 
 
-def recorded_probe(host: Any, name: str) -> str:
+def recorded_probe(host: host_mod.Host, name: str) -> str:
     entry = host.ledger.get(KIND, name)
     probe = entry.resource.get("probeFile") if entry is not None else None
     return probe if isinstance(probe, str) else ""
 
 
-def result_for_status(spec: Spec, st: MonitorStatus) -> status.NodeResult:
+_PHASES = {
+    State.UNKNOWN: status.Phase.UNKNOWN,
+    State.HEALTHY: status.Phase.HEALTHY,
+    State.DEGRADED: status.Phase.DEGRADED,
+    State.INVALID: status.Phase.INVALID,
+}
+
+
+def result_for_status(name: str, st: MonitorStatus) -> status.NodeResult:
     """The per-node result of a monitor in a given status (Ready when Healthy)."""
-    return make_result(spec, str(st.state), st.state is State.HEALTHY, st.reason, st.message,
-                       detail=st.detail(), retry=st.state is State.INVALID)
+    return RESULTS.make(name, _PHASES[st.state], st.reason, st.message, detail=st.detail(),
+                        retry=st.state is State.INVALID)
 
 
-def run_once(request: checker.CheckRequest, timeout: float, host: Any) -> checker.CheckResult | None:
-    """One check through the host's checker, or a private one (closed again) when there is none."""
-    shared = getattr(host, "checker", None)
-    if isinstance(shared, checker.Checker):
-        return shared.check(request, timeout=timeout)
-    own = checker.Checker()
+def run_once(
+    request: checker.CheckRequest, timeout: float, host: host_mod.Host
+) -> checker.CheckResult | None:
+    """One check through a checker of ``host.checker`` (closed again)."""
+    one = host.checker()
     try:
-        return own.check(request, timeout=timeout)
+        return one.check(request, timeout=timeout)
     finally:
-        own.close()
+        one.close()
 
 
-def reconcile(spec: Spec, host: Any, *, dry_run: bool = False) -> status.NodeResult:
+def first_request(mon: Spec, resolved: Resolved, host: host_mod.Host) -> checker.CheckRequest:
+    """The request a monitor starts with: the probe file recorded earlier, else :func:`check_request`."""
+    recorded = recorded_probe(host, mon.name)
+    request = check_request(mon, resolved, create_probe=not recorded)
+    if recorded and not mon.probe_file:
+        request = dataclasses.replace(request, path=recorded, kind="probe")
+    return request
+
+
+def reconcile(mon: Spec, host: host_mod.Host, *, dry_run: bool = False) -> status.NodeResult:
     """Resolve the target, keep it InUse (ledger), and in local mode run one check cycle."""
     try:
-        resolved = resolve_target(spec, host)
-    except errors.InvalidSpec as exc:
-        return make_result(spec, "Failed", False, exc.reason, exc.message)
-    except Waiting as exc:
-        return make_result(spec, "Pending", False, exc.reason, exc.message, retry=True)
-    probe_recorded = recorded_probe(host, spec.name)
-    request = check_request(spec, resolved, create_probe=not probe_recorded)
-    if probe_recorded and not spec.probe_file:
-        request = dataclasses.replace(request, path=probe_recorded, kind="probe")
+        resolved = resolve_target(mon, host)
+    except errors.HostStorageError as exc:
+        return RESULTS.error(mon.name, exc)
+    probe_recorded = recorded_probe(host, mon.name)
+    request = first_request(mon, resolved, host)
     if dry_run:
         what = request.path or (
             f"VDSM metadata under {resolved.target}, else {resolved.target}/{request.probe}"
         )
-        act = actions.Action("check", f"read 4 KiB of {what} every {spec.interval:g} s", path=resolved.target)
-        return make_result(spec, "Pending", False, "DryRun", "would start monitoring", acts=(act,))
-    changed = record(host, spec, resolved, probe_recorded)
-    result = run_once(request, spec.timeout, host)
+        act = actions.Action("check", f"read 4 KiB of {what} every {mon.interval:g} s", path=resolved.target)
+        return RESULTS.make(mon.name, status.Phase.PENDING, "DryRun", "would start monitoring", plan=(act,))
+    changed = record(host, mon, resolved, probe_recorded)
+    result = run_once(request, mon.timeout, host)
     now = time.time()
     if result is None:
-        outcome = Outcome(OutcomeKind.TIMEOUT, message=f"Read timeout (no answer in {spec.timeout:g} s)")
+        outcome = Outcome(OutcomeKind.TIMEOUT, message=f"Read timeout (no answer in {mon.timeout:g} s)")
     else:
         outcome = outcome_from_result(result)
         if result.ok and result.kind == "probe" and result.path and result.path != probe_recorded:
-            changed = record(host, spec, resolved, result.path) or changed
-    st = next_status(MonitorStatus(), outcome, spec.thresholds, now)
-    return dataclasses.replace(result_for_status(spec, st), changed=changed)
+            changed = record(host, mon, resolved, result.path) or changed
+    st = next_status(MonitorStatus(), outcome, mon.thresholds, now)
+    return dataclasses.replace(result_for_status(mon.name, st), changed=changed)
 
 
 def teardown(
-    spec_or_entry: Spec | ledger.LedgerEntry, host: Any, *, force: bool = False, dry_run: bool = False
+    spec_or_entry: Spec | ledger.LedgerEntry,
+    host: host_mod.Host,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
 ) -> status.NodeResult:
     """Stop keeping the target InUse and remove the probe file hoststorage created (if reachable).
 
-    ``dry_run`` changes nothing and lists the planned actions (reason ``WouldDetach``)."""
-    name = spec_or_entry.name
-    spec = spec_or_entry if isinstance(spec_or_entry, Spec) else Spec(name, Target(TargetKind.HOST_PATH))
-    entry = host.ledger.get(KIND, name)
-    if entry is None:
-        return make_result(spec, "Detached", False, "Detached", "not monitored on this host")
-    message = "monitor removed"
-    probe = entry.resource.get("probeFile")
-    root = entry.resource.get("root")
-    if dry_run:
-        acts = [actions.Action("forget", f"remove {KIND}/{name} from the ledger")]
-        if isinstance(probe, str) and probe:
-            acts.insert(0, actions.Action("unlink", f"remove the probe file {probe}", path=probe))
-        return make_result(
-            spec, "Detaching", False, "WouldDetach", "dry run: would stop monitoring", acts=tuple(acts)
+    ``force`` changes nothing for monitors. ``dry_run`` changes nothing and lists the planned actions
+    (reason ``WouldDetach``)."""
+    del force
+
+    def prepare(entry: ledger.LedgerEntry) -> status.Undo:
+        probe = entry.resource.get("probeFile")
+        root = entry.resource.get("root")
+        policy = (
+            spec_or_entry.deletion_policy
+            if isinstance(spec_or_entry, Spec)
+            else str(entry.resource.get("deletionPolicy", "Detach"))
         )
-    if isinstance(probe, str) and probe and isinstance(root, str):
-        removed = _remove_probe(host, root, probe)
-        if removed is None:
-            # The storage does not answer; a 4 KiB probe left behind is harmless, a hung teardown is not.
-            message = f"monitor removed; probe file {probe} left in place (storage did not answer)"
-            log.warning("DomainMonitor/%s: %s", name, message)
-        elif removed:
-            message = f"monitor removed with its probe file {probe}"
-    host.ledger.remove(KIND, name)
-    return make_result(spec, "Detached", False, "Detached", message, changed=True)
+
+        def plan() -> list[actions.Action]:
+            if isinstance(probe, str) and probe:
+                return [actions.Action("unlink", f"remove the probe file {probe}", path=probe)]
+            return []
+
+        def run() -> tuple[bool, str]:
+            message = "monitor removed"
+            if isinstance(probe, str) and probe and isinstance(root, str):
+                removed = _remove_probe(host, root, probe)
+                if removed is None:
+                    # The storage does not answer; a 4 KiB probe left behind is harmless, a hung
+                    # teardown is not.
+                    message = f"monitor removed; probe file {probe} left in place (storage did not answer)"
+                    log.warning("DomainMonitor/%s: %s", entry.name, message)
+                elif removed:
+                    message = f"monitor removed with its probe file {probe}"
+            return True, message
+
+        return status.Undo(
+            detail={}, policy=policy, plan=plan, run=run, would="would stop monitoring",
+            retained="deletionPolicy Retain: monitor removed, its probe file left in place",
+        )
+
+    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run)
 
 
-def _remove_probe(host: Any, root: str, probe: str) -> bool | None:
-    shared = getattr(host, "checker", None)
-    if isinstance(shared, checker.Checker):
-        return shared.remove_probe(root, probe, timeout=10.0)
-    own = checker.Checker()
+def _remove_probe(host: host_mod.Host, root: str, probe: str) -> bool | None:
+    one = host.checker()
     try:
-        return own.remove_probe(root, probe, timeout=10.0)
+        return one.remove_probe(root, probe, timeout=10.0)
     finally:
-        own.close()
+        one.close()
 
 
-def observe(entry: ledger.LedgerEntry, host: Any) -> status.NodeResult:
+def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult:
     """``hoststorage status``: one check of what the ledger records, creating nothing."""
-    spec = Spec(entry.name, Target(TargetKind.HOST_PATH))
     target, root = entry.resource.get("target"), entry.resource.get("root")
     if not isinstance(target, str) or not isinstance(root, str):
-        return make_result(spec, "Unknown", False, "Recorded", "ledger entry without a target")
+        return RESULTS.make(entry.name, status.Phase.UNKNOWN, "Recorded", "ledger entry without a target")
     probe = entry.resource.get("probeFile")
     request = checker.CheckRequest(target=target, root=root, create_probe=False)
     if isinstance(probe, str) and probe:
@@ -637,5 +594,11 @@ def observe(entry: ledger.LedgerEntry, host: Any) -> status.NodeResult:
     result = run_once(request, DEFAULT_INTERVAL, host)
     outcome = (Outcome(OutcomeKind.TIMEOUT, message="Read timeout") if result is None
                else outcome_from_result(result))
-    st = next_status(MonitorStatus(), outcome, spec.thresholds, time.time())
-    return result_for_status(spec, st)
+    st = next_status(MonitorStatus(), outcome, Thresholds(), time.time())
+    return result_for_status(entry.name, st)
+
+
+if TYPE_CHECKING:  # mypy checks that this module is a Kind
+    from reconcilers import domain_monitor as _self  # noqa: PLW0406 - mypy checks this module against Kind
+
+    _kind: kind.Kind[Spec] = _self

@@ -1,20 +1,20 @@
 """StoragePool: "this node has this libvirt storage pool" — parse, reconcile, teardown, resolve.
 
-The spec (untrusted) is parsed into a frozen :class:`PoolSpec` with every string checked for shape and
-for XML-special characters, so nothing odd reaches libvirt even though the XML is built with
-ElementTree. Reconcile turns the spec into a :class:`hostlib.libvirt_pools.PoolDefinition` (host paths
-confined, the connection resolved, the CHAP secret looked up), observes the pool in libvirt, plans the
-verbs (define, build, start, autostart, refresh), runs them unless it is a dry run, observes again and
-reports. The ledger says which libvirt pools are ours: a pool of that name that the ledger does not give
-to this object is a ``Conflict`` and is never touched.
+The spec (untrusted) is parsed with :mod:`reconcilers.spec` into a frozen :class:`PoolSpec`, every
+string checked for shape and for XML-special characters, so nothing odd reaches libvirt even though the
+XML is built with ElementTree. Reconcile turns the spec into a :class:`hostlib.libvirt_pools.PoolDefinition`
+(host paths confined, the connection required, the CHAP secret looked up), observes the pool in
+libvirt, plans the verbs (define, build, start, autostart, refresh), runs them unless it is a dry run,
+observes again and reports. The ledger says which libvirt pools are ours: a pool of that name that the
+ledger does not give to this object is a ``Conflict`` and is never touched.
 
-Teardown stops (destroy) and forgets (undefine) the pool; it never deletes a volume, a file or the
-target directory's contents (``virStoragePoolDelete`` is never called). A pool is torn down only when
-the ledger names it and its UUID still matches.
+Teardown (:func:`reconcilers.status.teardown`) stops (destroy) and forgets (undefine) the pool; it
+never deletes a volume, a file or the target directory's contents (``virStoragePoolDelete`` is never
+called). A pool is torn down only when the ledger names it and its UUID still matches.
 
-The libvirt layer comes from ``host.pools`` (the agent's composition root hands in the started
-:class:`hostlib.libvirt_pools.PoolLayer` whose events it listens to); when the caller gave none, the
-process-wide layer for ``host.config.libvirt_uri`` is used (local mode).
+The libvirt layer comes from ``host.pools``, set by the composition root: the agent hands in the
+started :class:`hostlib.libvirt_pools.PoolLayer` whose events it listens to, local mode the
+process-wide one for its URI. A host without one runs no pools (Unsupported).
 """
 
 from __future__ import annotations
@@ -26,63 +26,43 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hostlib import actions, errors, ledger, libvirt_pools, paths
 from reconcilers import host as host_mod
-from reconcilers import status, storage_connection
+from reconcilers import kind, selector, spec, status, storage_connection
 
 log = logging.getLogger(__name__)
 
 KIND = "StoragePool"
 DETAIL_KEY = "pool"
-ORDER = 1
-API_VERSION = "hoststorage.io/v1alpha1"
+RESULTS = status.Results(KIND, DETAIL_KEY, status.Phase.RUNNING)
 
 SOURCES = ("connectionRef", "dir", "fs", "netfs", "iscsiDirect", "iscsi", "logical")
-SPEC_FIELDS = frozenset({"nodeSelector", "deletionPolicy", "autostart", "libvirtName", *SOURCES})
-DELETION_POLICIES = ("Detach", "Retain")
+SPEC_FIELDS = ("nodeSelector", "deletionPolicy", "autostart", "libvirtName", *SOURCES)
 # libvirt's own fs pool formats that make sense on a node; "auto" lets mount(8) probe.
 FS_FORMATS = ("auto", "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "iso9660", "udf")
 NETFS_FORMATS = ("nfs", "glusterfs")
 MAX_LIBVIRT_NAME = 64
 MAX_DEVICES = 64
+MAX_HOST = 255
+MAX_VG = 127
 # A running pool is refreshed at most this often by reconcile; the refresh event it causes then finds
 # the pool fresh and does not refresh again (no event loop through our own refreshes).
 REFRESH_MIN_INTERVAL = 60.0
 POOLS_SUBDIR = "pools"
 
 _LIBVIRT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_IQN_RE = re.compile(
-    r"^(iqn\.[0-9]{4}-[0-9]{2}\.[a-z0-9][a-z0-9.-]*(:[A-Za-z0-9.:_-]+)?"
-    r"|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16}([0-9A-Fa-f]{16})?)$"
-)
 _VG_RE = re.compile(r"^[A-Za-z0-9+_.][A-Za-z0-9+_.-]*$")
-_XML_SPECIAL = set("<>&\"'")
-MAX_IQN = 223
-MAX_VG = 127
 
 
-class Phase:
-    PENDING = "Pending"
-    RUNNING = "Running"
-    FAILED = "Failed"
-    DETACHED = "Detached"
+class WaitingForPool(errors.Waiting):
+    """A monitor on this pool waits: the pool is not running on this node (yet)."""
 
-
-DETACHING = "Detaching"
-"""Only in dry-run results of :func:`teardown` (the agent reports its own teardown phases)."""
-
-
-class WaitingForConnection(errors.HostStorageError):
-    reason = "WaitingForConnection"
+    reason = "WaitingForPool"
 
 
 # --------------------------------------------------------------------------------------------- spec
-
-
-# One Secret reference shape for every kind: the connection module's.
-SecretRef = storage_connection.SecretRef
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +95,7 @@ class IscsiDirectSource:
     target: str
     initiator: str
     port: int = 3260
-    chap_secret_ref: SecretRef | None = None
+    chap_secret_ref: spec.SecretRef | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +124,7 @@ class PoolSpec:
     autostart: bool = True
     deletion_policy: str = "Detach"
     uid: str = ""
-    node_selector: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    node_selector: selector.NodeSelector = dataclasses.field(default_factory=selector.NodeSelector)
 
     @property
     def pool_type(self) -> str:
@@ -162,227 +142,148 @@ _POOL_TYPE: dict[type, str] = {
 }
 
 
-def _str(value: object, field: str, *, max_len: int = 1024) -> str:
-    if not isinstance(value, str):
-        raise errors.InvalidSpec(f"must be a string, got {type(value).__name__}", field=field)
-    if not value:
-        raise errors.InvalidSpec("must not be empty", field=field)
-    if len(value) > max_len:
-        raise errors.InvalidSpec(f"is {len(value)} characters long, the limit is {max_len}", field=field)
-    if _XML_SPECIAL.intersection(value):
-        raise errors.InvalidSpec("must not contain <, >, &, or quotes", field=field)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise errors.InvalidSpec("contains a control character (NUL, newline, ...)", field=field)
-    return value
-
-
-def _block(spec: Mapping[str, Any], key: str, allowed: set[str], required: set[str]) -> Mapping[str, Any]:
-    raw = spec[key]
-    field = f"spec.{key}"
-    if not isinstance(raw, Mapping):
-        raise errors.InvalidSpec(f"must be an object, got {type(raw).__name__}", field=field)
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        raise errors.InvalidSpec(f"unknown field(s) {', '.join(map(repr, unknown))}", field=field)
-    missing = sorted(k for k in required if raw.get(k) is None)
-    if missing:
-        raise errors.InvalidSpec(f"missing required field(s) {', '.join(missing)}", field=field)
-    return raw
-
-
 def _abs_path(value: object, field: str) -> str:
-    return paths.validate_abs_path(_str(value, field), field=field)
+    return spec.abs_path(value, field, no_xml=True)
 
 
 def _host(value: object, field: str) -> str:
-    return paths.validate_hostname(_str(value, field, max_len=255), field=field)
+    spec.string(value, field, max_len=MAX_HOST, no_xml=True)
+    return spec.host(value, field)
 
 
 def _port(value: object, field: str) -> int:
-    if value is None:
-        return 3260
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise errors.InvalidSpec(f"must be a port number from 1 to 65535, got {value!r}", field=field)
-    return value
-
-
-def _iqn(value: object, field: str) -> str:
-    text = _str(value, field, max_len=MAX_IQN)
-    if not _IQN_RE.match(text):
-        raise errors.InvalidSpec(
-            f"{text!r} is not an iSCSI name (iqn.YYYY-MM.domain[:id], eui., naa.)", field=field
-        )
-    return text
+    return 3260 if value is None else spec.integer(value, field, low=1, high=65535)
 
 
 def _dev_path(value: object, field: str) -> str:
     path = _abs_path(value, field)
-    if not path.startswith("/dev/"):
-        raise errors.InvalidSpec(f"{path!r} is not a device path under /dev", field=field)
+    if not path.startswith("/dev/") or path == "/dev/":
+        raise spec.invalid(field, f"{path!r} is not a device path under /dev")
     return path
 
 
-def _choice(value: object, field: str, allowed: tuple[str, ...], default: str) -> str:
-    if value is None:
-        return default
-    if not isinstance(value, str) or value not in allowed:
-        raise errors.InvalidSpec(f"must be one of {', '.join(allowed)}, got {value!r}", field=field)
-    return value
+def _block(
+    raw: Mapping[str, Any], key: str, allowed: tuple[str, ...], required: tuple[str, ...]
+) -> Mapping[str, Any]:
+    field = f"spec.{key}"
+    block = spec.mapping(raw[key], field)
+    spec.fields(block, field, allowed=allowed, required=required)
+    return block
 
 
-def _parse_source(spec: Mapping[str, Any]) -> Source:
-    present = [k for k in SOURCES if spec.get(k) is not None]
-    if not present:
-        raise errors.InvalidSpec(f"exactly one source is required: one of {', '.join(SOURCES)}", field="spec")
-    if len(present) > 1:
-        raise errors.InvalidSpec(f"exactly one source is allowed, got {', '.join(present)}", field="spec")
-    key = present[0]
-    f = f"spec.{key}"
-    if key == "connectionRef":
-        b = _block(spec, key, {"name", "path"}, {"name"})
-        name = paths.validate_name(_str(b["name"], f"{f}.name"), field=f"{f}.name")
-        sub = b.get("path")
-        sub_path = (
-            ""
-            if sub is None or sub == ""
-            else paths.validate_relative_path(_str(sub, f"{f}.path"), field=f"{f}.path")
-        )
-        return ConnectionRefSource(name, sub_path)
-    if key == "dir":
-        b = _block(spec, key, {"path"}, {"path"})
-        return DirSource(_abs_path(b["path"], f"{f}.path"))
-    if key == "fs":
-        b = _block(spec, key, {"device", "format"}, {"device"})
-        return FsSource(
-            _dev_path(b["device"], f"{f}.device"), _choice(b.get("format"), f"{f}.format", FS_FORMATS, "auto")
-        )
-    if key == "netfs":
-        b = _block(spec, key, {"host", "dir", "format"}, {"host", "dir"})
-        return NetfsSource(
+def _parse_connection_ref(b: Mapping[str, Any], f: str) -> Source:
+    name = spec.name(b["name"], f"{f}.name")
+    sub = b.get("path")
+    return ConnectionRefSource(
+        name, "" if sub in (None, "") else spec.relative_path(sub, f"{f}.path", no_xml=True)
+    )
+
+
+def _parse_iscsi_direct(b: Mapping[str, Any], f: str) -> Source:
+    ref = None
+    if b.get("chapSecretRef") is not None:
+        ref = spec.secret_ref(b["chapSecretRef"], f"{f}.chapSecretRef")
+    return IscsiDirectSource(
+        host=_host(b["host"], f"{f}.host"),
+        target=spec.iscsi_name(b["target"], f"{f}.target"),
+        initiator=spec.iscsi_name(b["initiator"], f"{f}.initiator"),
+        port=_port(b.get("port"), f"{f}.port"),
+        chap_secret_ref=ref,
+    )
+
+
+def _parse_logical(b: Mapping[str, Any], f: str) -> Source:
+    vg = spec.string(b["vgName"], f"{f}.vgName", max_len=MAX_VG, pattern=_VG_RE)
+    if vg in (".", ".."):
+        raise spec.invalid(f"{f}.vgName", f"{vg!r} is not a volume group name")
+    devices: tuple[str, ...] = ()
+    if b.get("devices") is not None:
+        devices = spec.string_list(b["devices"], f"{f}.devices", max_items=MAX_DEVICES, item=_dev_path)
+    return LogicalSource(vg, devices)
+
+
+_SOURCE_PARSERS: dict[
+    str, tuple[tuple[str, ...], tuple[str, ...], Callable[[Mapping[str, Any], str], Source]]
+] = {
+    # source key: (allowed fields, required fields, parser of the block)
+    "connectionRef": (("name", "path"), ("name",), _parse_connection_ref),
+    "dir": (("path",), ("path",), lambda b, f: DirSource(_abs_path(b["path"], f"{f}.path"))),
+    "fs": (
+        ("device", "format"),
+        ("device",),
+        lambda b, f: FsSource(
+            _dev_path(b["device"], f"{f}.device"),
+            spec.choice(b.get("format"), f"{f}.format", FS_FORMATS, default="auto"),
+        ),
+    ),
+    "netfs": (
+        ("host", "dir", "format"),
+        ("host", "dir"),
+        lambda b, f: NetfsSource(
             _host(b["host"], f"{f}.host"),
             _abs_path(b["dir"], f"{f}.dir"),
-            _choice(b.get("format"), f"{f}.format", NETFS_FORMATS, "nfs"),
-        )
-    if key == "iscsiDirect":
-        b = _block(
-            spec,
-            key,
-            {"host", "port", "target", "initiator", "chapSecretRef"},
-            {"host", "target", "initiator"},
-        )
-        ref = None
-        if b.get("chapSecretRef") is not None:
-            rf = f"{f}.chapSecretRef"
-            raw = b["chapSecretRef"]
-            if not isinstance(raw, Mapping):
-                raise errors.InvalidSpec("must be an object", field=rf)
-            unknown = sorted(set(raw) - {"name", "namespace"})
-            if unknown:
-                raise errors.InvalidSpec(f"unknown field(s) {', '.join(map(repr, unknown))}", field=rf)
-            # Empty namespace: the agent's own namespace (local mode: "default"); the lookup decides.
-            ns = raw.get("namespace")
-            ref = SecretRef(
-                paths.validate_name(_str(raw.get("name"), f"{rf}.name"), field=f"{rf}.name"),
-                ""
-                if ns is None
-                else paths.validate_name(_str(ns, f"{rf}.namespace", max_len=63), field=f"{rf}.namespace"),
-            )
-        return IscsiDirectSource(
-            host=_host(b["host"], f"{f}.host"),
-            target=_iqn(b["target"], f"{f}.target"),
-            initiator=_iqn(b["initiator"], f"{f}.initiator"),
-            port=_port(b.get("port"), f"{f}.port"),
-            chap_secret_ref=ref,
-        )
-    if key == "iscsi":
-        b = _block(spec, key, {"host", "port", "target"}, {"host", "target"})
-        return IscsiSource(
-            _host(b["host"], f"{f}.host"), _iqn(b["target"], f"{f}.target"), _port(b.get("port"), f"{f}.port")
-        )
-    b = _block(spec, key, {"vgName", "devices"}, {"vgName"})
-    vg = _str(b["vgName"], f"{f}.vgName", max_len=MAX_VG)
-    if not _VG_RE.match(vg) or vg in (".", "..") or vg.startswith("-"):
-        raise errors.InvalidSpec(f"{vg!r} is not a volume group name", field=f"{f}.vgName")
-    devices_raw = b.get("devices") or []
-    if not isinstance(devices_raw, list):
-        raise errors.InvalidSpec("must be a list of device paths", field=f"{f}.devices")
-    if len(devices_raw) > MAX_DEVICES:
-        raise errors.InvalidSpec(f"at most {MAX_DEVICES} devices", field=f"{f}.devices")
-    devices = tuple(_dev_path(d, f"{f}.devices[{i}]") for i, d in enumerate(devices_raw))
-    return LogicalSource(vg, devices)
+            spec.choice(b.get("format"), f"{f}.format", NETFS_FORMATS, default="nfs"),
+        ),
+    ),
+    "iscsiDirect": (
+        ("host", "port", "target", "initiator", "chapSecretRef"),
+        ("host", "target", "initiator"),
+        _parse_iscsi_direct,
+    ),
+    "iscsi": (
+        ("host", "port", "target"),
+        ("host", "target"),
+        lambda b, f: IscsiSource(
+            _host(b["host"], f"{f}.host"),
+            spec.iscsi_name(b["target"], f"{f}.target"),
+            _port(b.get("port"), f"{f}.port"),
+        ),
+    ),
+    "logical": (("vgName", "devices"), ("vgName",), _parse_logical),
+}
 
 
 def parse(obj: Mapping[str, Any]) -> PoolSpec:
     """A StoragePool manifest -> :class:`PoolSpec`; ``InvalidSpec`` naming the field. No I/O."""
-    if not isinstance(obj, Mapping):
-        raise errors.InvalidSpec("a StoragePool must be an object")
-    if obj.get("kind", KIND) != KIND:
-        raise errors.InvalidSpec(f"kind must be {KIND}, got {obj.get('kind')!r}", field="kind")
-    api = obj.get("apiVersion", API_VERSION)
-    if api != API_VERSION:
-        raise errors.InvalidSpec(f"apiVersion must be {API_VERSION}, got {api!r}", field="apiVersion")
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        raise errors.InvalidSpec("must be an object with a name", field="metadata")
-    name = paths.validate_name(meta.get("name"), field="metadata.name")
-    uid = meta.get("uid", "")
-    if not isinstance(uid, str):
-        raise errors.InvalidSpec("must be a string", field="metadata.uid")
-    spec = obj.get("spec")
-    if not isinstance(spec, Mapping):
-        raise errors.InvalidSpec("must be an object", field="spec")
-    unknown = sorted(set(spec) - SPEC_FIELDS)
-    if unknown:
-        raise errors.InvalidSpec(f"unknown field(s) {', '.join(map(repr, unknown))}", field="spec")
-    libvirt_name = spec.get("libvirtName")
-    if libvirt_name is None:
-        libvirt_name = name
-        field = "metadata.name"
+    meta, raw = spec.envelope(obj, KIND)
+    spec.fields(raw, "spec", allowed=SPEC_FIELDS)
+    if raw.get("libvirtName") is None:
+        libvirt_name, field = meta.name, "metadata.name"
     else:
         field = "spec.libvirtName"
-        libvirt_name = _str(libvirt_name, field, max_len=MAX_LIBVIRT_NAME)
+        libvirt_name = spec.string(raw["libvirtName"], field, max_len=MAX_LIBVIRT_NAME)
     if len(libvirt_name) > MAX_LIBVIRT_NAME or not _LIBVIRT_NAME_RE.match(libvirt_name):
-        raise errors.InvalidSpec(
+        raise spec.invalid(
+            field,
             f"{libvirt_name!r} is not a usable libvirt pool name (letters, digits, '_', '.', '-', "
             f"starting with a letter or digit, at most {MAX_LIBVIRT_NAME}); set spec.libvirtName",
-            field=field,
         )
-    autostart = spec.get("autostart", True)
-    if not isinstance(autostart, bool):
-        raise errors.InvalidSpec(f"must be true or false, got {autostart!r}", field="spec.autostart")
-    policy = _choice(spec.get("deletionPolicy"), "spec.deletionPolicy", DELETION_POLICIES, "Detach")
-    selector = spec.get("nodeSelector") or {}
-    if not isinstance(selector, Mapping):
-        raise errors.InvalidSpec("must be a label selector object", field="spec.nodeSelector")
-    storage_connection.parse_node_selector(selector)
+    key = spec.exactly_one(raw, "spec", SOURCES)
+    allowed, required, parse_block = _SOURCE_PARSERS[key]
+    source = parse_block(_block(raw, key, allowed, required), f"spec.{key}")
     return PoolSpec(
-        name=name,
+        name=meta.name,
         libvirt_name=libvirt_name,
-        source=_parse_source(spec),
-        autostart=autostart,
-        deletion_policy=policy,
-        uid=uid,
-        node_selector=dict(selector),
+        source=source,
+        autostart=spec.boolean(raw.get("autostart"), "spec.autostart", default=True),
+        deletion_policy=spec.deletion_policy(raw),
+        uid=meta.uid,
+        node_selector=spec.node_selector(raw.get("nodeSelector")),
     )
 
 
 # ------------------------------------------------------------------------------------------- helpers
 
 
-def layer_for(host: host_mod.Host) -> libvirt_pools.PoolLayer:
-    """The libvirt layer to use: the one the caller injected, else the process-wide one for the URI."""
-    if host.pools is not None:
-        layer: libvirt_pools.PoolLayer = host.pools
-        return layer
-    return libvirt_pools.shared(host.config.libvirt_uri)
+def layer_for(host: host_mod.Host) -> host_mod.Pools:
+    """The libvirt layer the composition root handed in (``host.pools``); Unsupported without one."""
+    if host.pools is None:
+        raise errors.Unsupported("this process runs no StoragePools (no libvirt layer was configured)")
+    return host.pools()
 
 
 def secret_usage(libvirt_name: str) -> str:
     return f"{libvirt_pools.SECRET_USAGE_PREFIX}{libvirt_name}"
-
-
-def _resolve_connection(host: host_mod.Host, name: str, sub_path: str) -> str | None:
-    return storage_connection.resolve(host, name, sub_path or None)
 
 
 def _confine_dir(path: str, host: host_mod.Host, field: str) -> str:
@@ -419,15 +320,13 @@ class Desired:
     owned_paths: tuple[str, ...] = ()
 
 
-def desired_definition(spec: PoolSpec, host: host_mod.Host) -> Desired:
+def desired_definition(pool: PoolSpec, host: host_mod.Host) -> Desired:
     """Spec + host -> the pool libvirt should have. Confines paths; raises InvalidSpec,
-    WaitingForConnection, NotFound, Unsupported. No host change."""
-    src = spec.source
-    name = spec.libvirt_name
+    WaitingForConnection, SecretNotFound, NotFound, Unsupported. No host change."""
+    src = pool.source
+    name = pool.libvirt_name
     if isinstance(src, ConnectionRefSource):
-        path = _resolve_connection(host, src.name, src.path)
-        if path is None:
-            raise WaitingForConnection(f"StorageConnection {src.name} is not Connected on this node yet")
+        path = storage_connection.require(host, src.name, src.path or None)
         return Desired(
             libvirt_pools.PoolDefinition(name=name, type="dir", target_path=path),
             depends_on=(("StorageConnection", src.name),),
@@ -462,8 +361,11 @@ def desired_definition(spec: PoolSpec, host: host_mod.Host) -> Desired:
         chap = None
         user = usage = None
         if src.chap_secret_ref is not None:
-            chap = _chap(src.chap_secret_ref, host)
-            user, usage = chap[0], secret_usage(name)
+            user, password = spec.chap(
+                host.secret_lookup, src.chap_secret_ref, "spec.iscsiDirect.chapSecretRef"
+            )
+            chap = (user, password.encode("utf-8"))
+            usage = secret_usage(name)
         return Desired(
             libvirt_pools.PoolDefinition(
                 name=name,
@@ -477,7 +379,7 @@ def desired_definition(spec: PoolSpec, host: host_mod.Host) -> Desired:
             ),
             chap=chap,
         )
-    libvirt_pools.preflight(spec.pool_type)
+    libvirt_pools.preflight(pool.pool_type)
     if isinstance(src, IscsiSource):
         return Desired(iscsi_definition(name, src))
     assert isinstance(src, LogicalSource)
@@ -506,27 +408,6 @@ def logical_definition(name: str, src: LogicalSource) -> libvirt_pools.PoolDefin
     )
 
 
-def _where(ref: SecretRef) -> str:
-    return f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
-
-
-def _chap(ref: SecretRef, host: host_mod.Host) -> tuple[str, bytes]:
-    field = "spec.iscsiDirect.chapSecretRef"
-    if host.secret_lookup is None:
-        raise errors.NotFound(f"{field}: no Secret source is configured to read Secret {ref.name}")
-    try:
-        data = host.secret_lookup(ref.namespace, ref.name)
-    except KeyError:
-        raise errors.NotFound(f"{field}: Secret {_where(ref)} not found") from None
-    user, password = data.get("username"), data.get("password")
-    if not user or not password:
-        raise errors.InvalidSpec(
-            f"Secret {_where(ref)} must have non-empty keys username and password", field=field
-        )
-    _str(user, f"{field} (Secret key username)", max_len=255)
-    return user, password.encode("utf-8")
-
-
 def _conflict_reason(
     spec_name: str, libvirt_name: str, observed: libvirt_pools.PoolObserved | None, host: host_mod.Host
 ) -> str | None:
@@ -545,57 +426,6 @@ def _conflict_reason(
             "it was replaced outside hoststorage and is left alone"
         )
     return None
-
-
-def _condition(ready: bool, reason: str, message: str) -> list[status.Condition]:
-    return [
-        status.Condition(
-            "Ready", status.ConditionStatus.TRUE if ready else status.ConditionStatus.FALSE, reason, message
-        )
-    ]
-
-
-def _result(
-    spec_name: str,
-    phase: str,
-    reason: str,
-    message: str,
-    *,
-    ready: bool = False,
-    detail: Mapping[str, Any] | None = None,
-    planned: list[actions.Action] | None = None,
-    changed: bool = False,
-    retry: bool = False,
-) -> status.NodeResult:
-    return status.NodeResult(
-        kind=KIND,
-        name=spec_name,
-        phase=phase,
-        ready=ready,
-        reason=reason,
-        message=message,
-        detail_key=DETAIL_KEY,
-        detail=dict(detail or {}),
-        conditions=_condition(ready, reason, message),
-        actions=tuple(planned or ()),
-        changed=changed,
-        retry=retry,
-    )
-
-
-def _error_result(
-    spec_name: str, exc: errors.HostStorageError, detail: Mapping[str, Any], *, changed: bool = False
-) -> status.NodeResult:
-    pending = isinstance(exc, WaitingForConnection | libvirt_pools.LibvirtUnavailable)
-    return _result(
-        spec_name,
-        Phase.PENDING if pending else Phase.FAILED,
-        exc.reason,
-        exc.message,
-        detail=detail,
-        changed=changed,
-        retry=exc.temporary,
-    )
 
 
 def plan(
@@ -640,12 +470,12 @@ def plan(
     return out
 
 
-def _record(spec: PoolSpec, host: host_mod.Host, desired: Desired, uuid: str | None) -> None:
+def _record(pool: PoolSpec, host: host_mod.Host, desired: Desired, uuid: str | None) -> None:
     resource: dict[str, Any] = {
-        "libvirtName": spec.libvirt_name,
+        "libvirtName": pool.libvirt_name,
         "type": desired.definition.type,
         "targetPath": desired.definition.target_path,
-        "deletionPolicy": spec.deletion_policy,
+        "deletionPolicy": pool.deletion_policy,
     }
     if uuid:
         resource["uuid"] = uuid
@@ -653,194 +483,201 @@ def _record(spec: PoolSpec, host: host_mod.Host, desired: Desired, uuid: str | N
         resource["secretUsage"] = desired.definition.auth_secret_usage
     if desired.owned_paths:
         resource["paths"] = list(desired.owned_paths)
-    host.ledger.put(ledger.LedgerEntry(KIND, spec.name, spec.uid, resource, tuple(desired.depends_on)))
+    host.ledger.put(ledger.LedgerEntry(KIND, pool.name, pool.uid, resource, tuple(desired.depends_on)))
 
 
 def _observed_result(
-    spec_name: str,
+    name: str,
     observed: libvirt_pools.PoolObserved | None,
     *,
     changed: bool,
     planned: list[actions.Action],
 ) -> status.NodeResult:
     if observed is None:
-        return _result(spec_name, Phase.PENDING, "NotDefined", "the pool is not defined", planned=planned)
+        return RESULTS.make(name, status.Phase.PENDING, "NotDefined", "the pool is not defined", plan=planned)
     detail = observed.to_detail()
     if observed.state == "running":
         msg = f"pool {observed.name} running, {observed.volumes} volume(s), {observed.available} bytes free"
-        return _result(
-            spec_name,
-            Phase.RUNNING,
-            "Running",
-            msg,
-            ready=True,
-            detail=detail,
-            changed=changed,
-            planned=planned,
+        return RESULTS.make(
+            name, status.Phase.RUNNING, "Running", msg, detail=detail, changed=changed, plan=planned
         )
     if observed.state in ("degraded", "inaccessible"):
-        return _result(
-            spec_name,
-            Phase.FAILED,
+        why = f"libvirt reports pool {observed.name} {observed.state}"
+        return RESULTS.make(
+            name,
+            status.Phase.FAILED,
             observed.state.capitalize(),
-            f"libvirt reports pool {observed.name} {observed.state}",
+            why,
             detail=detail,
             changed=changed,
-            planned=planned,
+            plan=planned,
             retry=True,
         )
-    return _result(
-        spec_name,
-        Phase.PENDING,
-        "Building" if observed.state == "building" else "NotRunning",
-        f"pool {observed.name} is {observed.state}",
-        detail=detail,
-        changed=changed,
-        planned=planned,
-        retry=True,
+    reason = "Building" if observed.state == "building" else "NotRunning"
+    why = f"pool {observed.name} is {observed.state}"
+    return RESULTS.make(
+        name, status.Phase.PENDING, reason, why, detail=detail, changed=changed, plan=planned, retry=True
     )
 
 
 # ----------------------------------------------------------------------------------------- reconcile
 
 
-def reconcile(spec: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> status.NodeResult:
+def _apply(
+    pool: PoolSpec,
+    layer: host_mod.Pools,
+    definition: libvirt_pools.PoolDefinition,
+    planned: list[actions.Action],
+) -> bool:
+    """Run the planned verbs; whether anything changed (a refresh keeps the pool as it is)."""
+    name = pool.libvirt_name
+    verbs: dict[str, Callable[[], Any]] = {
+        "define": lambda: layer.define(definition),
+        "destroy": lambda: layer.destroy(name),
+        "build": lambda: layer.build(name),
+        "start": lambda: layer.start(name),
+        "autostart": lambda: layer.set_autostart(name, pool.autostart),
+        "refresh": lambda: layer.refresh(name),
+    }
+    changed = False
+    for action in planned:
+        verbs[action.verb]()
+        changed |= action.verb != "refresh"
+    return changed
+
+
+def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> status.NodeResult:
     """Make libvirt have this pool defined, running, autostarted as asked; report what libvirt says."""
-    base_detail: dict[str, Any] = {"libvirtName": spec.libvirt_name, "type": spec.pool_type}
+    base_detail: dict[str, Any] = {"libvirtName": pool.libvirt_name, "type": pool.pool_type}
     try:
-        desired = desired_definition(spec, host)
+        desired = desired_definition(pool, host)
+        layer = layer_for(host)
     except errors.HostStorageError as exc:
-        return _error_result(spec.name, exc, base_detail)
-    layer = layer_for(host)
-    name = spec.libvirt_name
+        return RESULTS.error(pool.name, exc, detail=base_detail)
+    name = pool.libvirt_name
     changed = False
     try:
         observed = layer.observe(name)
-        conflict = _conflict_reason(spec.name, name, observed, host)
+        conflict = _conflict_reason(pool.name, name, observed, host)
         if conflict is not None:
-            return _result(spec.name, Phase.FAILED, errors.Conflict.reason, conflict, detail=base_detail)
-        entry = host.ledger.get(KIND, spec.name)
+            return RESULTS.make(
+                pool.name, status.Phase.FAILED, errors.Conflict.reason, conflict, detail=base_detail
+            )
+        entry = host.ledger.get(KIND, pool.name)
         old_name = entry.resource.get("libvirtName") if entry is not None else None
         definition = dataclasses.replace(desired.definition, uuid=observed.uuid if observed else None)
         planned = plan(
             definition,
             observed,
-            autostart=spec.autostart,
+            autostart=pool.autostart,
             seconds_since_refresh=layer.seconds_since_refresh(name),
         )
         if dry_run:
-            return _observed_result(spec.name, observed, changed=False, planned=planned)
+            return _observed_result(pool.name, observed, changed=False, planned=planned)
         if isinstance(old_name, str) and old_name != name and entry is not None:
             # The libvirt name changed: the old pool is ours; stop and forget it before taking the new one.
-            _teardown_entry(entry, host, layer, force=False)
+            _teardown_entry(entry, host, layer)
             changed = True
         # Intent first: a crash between define and the ledger write must not orphan an unowned pool.
-        _record(spec, host, desired, observed.uuid if observed else None)
+        _record(pool, host, desired, observed.uuid if observed else None)
         if desired.chap is not None and desired.definition.auth_secret_usage:
             changed |= layer.set_secret(
                 desired.definition.auth_secret_usage,
-                f"hoststorage CHAP for StoragePool {spec.name}",
+                f"hoststorage CHAP for StoragePool {pool.name}",
                 desired.chap[1],
             )
-        for action in planned:
-            if action.verb == "define":
-                layer.define(definition)
-            elif action.verb == "destroy":
-                layer.destroy(name)
-            elif action.verb == "build":
-                layer.build(name)
-            elif action.verb == "start":
-                layer.start(name)
-            elif action.verb == "autostart":
-                layer.set_autostart(name, spec.autostart)
-            elif action.verb == "refresh":
-                layer.refresh(name)
-            # A refresh keeps the pool as it is; everything else is a change worth reporting.
-            changed |= action.verb != "refresh"
+        changed |= _apply(pool, layer, definition, planned)
         old_usage = entry.resource.get("secretUsage") if entry is not None else None
         if isinstance(old_usage, str) and old_usage and old_usage != desired.definition.auth_secret_usage:
             # CHAP dropped from the spec (or the pool renamed): the old secret is ours and unused now.
             changed |= layer.undefine_secret(old_usage)
         # Nothing done: what we observed is still the truth (a resync of a converged pool costs one observe).
         after = layer.observe(name) if planned or changed else observed
-        _record(spec, host, desired, after.uuid if after else None)
+        _record(pool, host, desired, after.uuid if after else None)
     except errors.HostStorageError as exc:
         detail = base_detail
-        try:
+        with contextlib.suppress(errors.HostStorageError):
             now = layer.observe(name)
             if now is not None:
                 detail = now.to_detail()
-        except errors.HostStorageError:
-            pass
-        return _error_result(spec.name, exc, detail, changed=changed)
-    return _observed_result(spec.name, after, changed=changed, planned=planned)
+        return RESULTS.error(pool.name, exc, detail=detail, changed=changed)
+    return _observed_result(pool.name, after, changed=changed, planned=planned)
 
 
 # ------------------------------------------------------------------------------------------ teardown
 
 
-def _teardown_entry(
-    entry: ledger.LedgerEntry, host: host_mod.Host, layer: libvirt_pools.PoolLayer, *, force: bool
-) -> bool:
-    """Destroy and undefine the pool ``entry`` owns (if it is still the one we defined); never delete."""
-    del force  # destroy has no lazy variant; a busy fs/netfs pool stays and reports DestroyFailed
+def _ours(entry: ledger.LedgerEntry, layer: host_mod.Pools) -> libvirt_pools.PoolObserved | None:
+    """The libvirt pool ``entry`` records, if it is still the one we defined (same UUID)."""
     name = entry.resource.get("libvirtName")
+    if not isinstance(name, str) or not name:
+        return None
+    observed = layer.observe(name)
+    uuid = entry.resource.get("uuid")
+    if observed is not None and uuid and uuid != observed.uuid:
+        log.warning(
+            "StoragePool %s: libvirt pool %s has UUID %s, not ours (%s); left alone",
+            entry.name,
+            name,
+            observed.uuid,
+            uuid,
+        )
+        return None
+    return observed
+
+
+def _owned_dirs(entry: ledger.LedgerEntry, host: host_mod.Host) -> list[str]:
+    """The empty mount-point directories libvirt's build made under our mount base."""
+    root = os.path.join(host.config.mount_base, POOLS_SUBDIR)
+    return [p for p in entry.resource.get("paths") or [] if isinstance(p, str) and paths.is_under(root, p)]
+
+
+def _teardown_entry(entry: ledger.LedgerEntry, host: host_mod.Host, layer: host_mod.Pools) -> bool:
+    """Destroy and undefine the pool ``entry`` owns (if it is still the one we defined); never delete.
+
+    There is no lazy destroy: a busy fs/netfs pool stays and reports DestroyFailed, with or without
+    ``--force``."""
     changed = False
-    if isinstance(name, str) and name:
-        observed = layer.observe(name)
-        uuid = entry.resource.get("uuid")
-        if observed is not None and (not uuid or uuid == observed.uuid):
-            if observed.active:
-                layer.destroy(name)
-                changed = True
-            if observed.persistent:
-                layer.undefine(name)
-                changed = True
-        elif observed is not None:
-            log.warning(
-                "StoragePool %s: libvirt pool %s has UUID %s, not ours (%s); left alone",
-                entry.name,
-                name,
-                observed.uuid,
-                uuid,
-            )
+    observed = _ours(entry, layer)
+    if observed is not None:
+        if observed.active:
+            layer.destroy(observed.name)
+            changed = True
+        if observed.persistent:
+            layer.undefine(observed.name)
+            changed = True
     usage = entry.resource.get("secretUsage")
     if isinstance(usage, str) and usage:
         changed |= layer.undefine_secret(usage)
-    for path in entry.resource.get("paths") or []:
-        # Only the empty mount-point directory libvirt's build made under our mount base; rmdir never
-        # removes contents, and a non-empty directory is left as it is.
-        if isinstance(path, str) and paths.is_under(os.path.join(host.config.mount_base, POOLS_SUBDIR), path):
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
+    for path in _owned_dirs(entry, host):
+        # rmdir never removes contents; a non-empty directory is left as it is.
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
     host.ledger.remove(entry.kind, entry.name)
     return changed
 
 
 def _plan_teardown_entry(
-    entry: ledger.LedgerEntry, host: host_mod.Host, layer: libvirt_pools.PoolLayer
+    entry: ledger.LedgerEntry, host: host_mod.Host, layer: host_mod.Pools
 ) -> list[actions.Action]:
     """What :func:`_teardown_entry` would do, observed now; nothing changes."""
-    name = entry.resource.get("libvirtName")
     planned: list[actions.Action] = []
-    if isinstance(name, str) and name:
-        observed = layer.observe(name)
-        uuid = entry.resource.get("uuid")
-        if observed is not None and (not uuid or uuid == observed.uuid):
-            if observed.active:
-                planned.append(actions.Action("pool-destroy", f"stop libvirt pool {name} (volumes stay)"))
-            if observed.persistent:
-                planned.append(actions.Action("pool-undefine", f"undefine libvirt pool {name}"))
+    observed = _ours(entry, layer)
+    if observed is not None:
+        if observed.active:
+            planned.append(
+                actions.Action("pool-destroy", f"stop libvirt pool {observed.name} (volumes stay)")
+            )
+        if observed.persistent:
+            planned.append(actions.Action("pool-undefine", f"undefine libvirt pool {observed.name}"))
     usage = entry.resource.get("secretUsage")
     if isinstance(usage, str) and usage and layer.secret_uuid(usage) is not None:
         planned.append(actions.Action("secret-undefine", f"undefine libvirt secret {usage}"))
-    for path in entry.resource.get("paths") or []:
-        if (
-            isinstance(path, str)
-            and paths.is_under(os.path.join(host.config.mount_base, POOLS_SUBDIR), path)
-            and os.path.isdir(path)
-        ):
-            planned.append(actions.Action("rmdir", f"remove {path} if empty", path=path))
+    planned += [
+        actions.Action("rmdir", f"remove {p} if empty", path=p)
+        for p in _owned_dirs(entry, host)
+        if os.path.isdir(p)
+    ]
     return planned
 
 
@@ -853,55 +690,32 @@ def teardown(
 ) -> status.NodeResult:
     """Stop and forget the pool (or only forget it with Retain); volumes and files always stay.
 
-    ``dry_run`` changes nothing (libvirt or ledger) and lists the planned actions (reason ``WouldDetach``
-    or ``WouldRetain``)."""
-    name = spec_or_entry.name
-    entry = host.ledger.get(KIND, name)
-    if entry is None:
-        return _result(name, Phase.DETACHED, "Detached", "nothing of this pool is recorded on this node")
-    policy = (
-        spec_or_entry.deletion_policy
-        if isinstance(spec_or_entry, PoolSpec)
-        else str(entry.resource.get("deletionPolicy", "Detach"))
-    )
-    detail = {"libvirtName": entry.resource.get("libvirtName"), "type": entry.resource.get("type")}
-    users = host.ledger.users_of(KIND, name)
-    if users and not force:
-        who = ", ".join(f"{u.kind}/{u.name}" for u in users)
-        return _result(
-            name, Phase.RUNNING, errors.InUse.reason, f"pool still used by {who}", detail=detail, retry=True
+    ``force`` changes nothing for pools (libvirt has no lazy destroy). ``dry_run`` changes nothing
+    (libvirt or ledger) and lists the planned actions (reason ``WouldDetach`` or ``WouldRetain``)."""
+    del force
+
+    def prepare(entry: ledger.LedgerEntry) -> status.Undo:
+        policy = (
+            spec_or_entry.deletion_policy
+            if isinstance(spec_or_entry, PoolSpec)
+            else str(entry.resource.get("deletionPolicy", "Detach"))
         )
-    forget = actions.Action("forget", f"remove {KIND}/{name} from the ledger")
-    if policy == "Retain" and dry_run:
-        message = "dry run: deletionPolicy Retain: the libvirt pool would stay as it is, forgotten"
-        return _result(name, DETACHING, "WouldRetain", message, detail=detail, planned=[forget])
-    if policy == "Retain":
-        host.ledger.remove(KIND, name)
-        return _result(
-            name,
-            Phase.DETACHED,
-            "Retained",
-            "deletionPolicy Retain: the libvirt pool is left as it is",
+        detail = {"libvirtName": entry.resource.get("libvirtName"), "type": entry.resource.get("type")}
+
+        def run() -> tuple[bool, str]:
+            changed = _teardown_entry(entry, host, layer_for(host))
+            return changed, "pool stopped and undefined; volumes and files were kept"
+
+        return status.Undo(
             detail=detail,
-            changed=True,
+            policy=policy,
+            plan=lambda: _plan_teardown_entry(entry, host, layer_for(host)),
+            run=run,
+            would="would stop and undefine the pool; volumes and files stay",
+            retained="deletionPolicy Retain: the libvirt pool is left as it is, forgotten",
         )
-    layer = layer_for(host)
-    try:
-        if dry_run:
-            planned = [*_plan_teardown_entry(entry, host, layer), forget]
-            message = "dry run: would stop and undefine the pool; volumes and files stay"
-            return _result(name, DETACHING, "WouldDetach", message, detail=detail, planned=planned)
-        changed = _teardown_entry(entry, host, layer, force=force)
-    except errors.HostStorageError as exc:
-        return _result(name, Phase.FAILED, exc.reason, exc.message, detail=detail, retry=exc.temporary)
-    return _result(
-        name,
-        Phase.DETACHED,
-        "Detached",
-        "pool stopped and undefined; volumes and files were kept",
-        detail=detail,
-        changed=changed,
-    )
+
+    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run)
 
 
 # ----------------------------------------------------------------------------------- observe/resolve
@@ -911,11 +725,13 @@ def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult
     """What ``hoststorage status`` shows for one ledger entry: libvirt's view now, no change."""
     name = entry.resource.get("libvirtName")
     if not isinstance(name, str):
-        return _result(entry.name, Phase.FAILED, "LedgerCorrupt", "ledger entry has no libvirtName")
+        return RESULTS.make(
+            entry.name, status.Phase.FAILED, "LedgerCorrupt", "ledger entry has no libvirtName"
+        )
     try:
         observed = layer_for(host).observe(name)
     except errors.HostStorageError as exc:
-        return _error_result(entry.name, exc, {"libvirtName": name})
+        return RESULTS.error(entry.name, exc, detail={"libvirtName": name})
     return _observed_result(entry.name, observed, changed=False, planned=[])
 
 
@@ -927,7 +743,7 @@ def names_for_libvirt_pool(host: host_mod.Host, libvirt_name: str) -> list[str]:
 
 def subscribe(
     host: host_mod.Host, enqueue: Callable[[str], None], known: Callable[[], Iterable[str]]
-) -> Callable[[], None]:
+) -> kind.Unsubscribe:
     """Feed libvirt into the caller's work queue; returns a function that stops it.
 
     A pool lifecycle or refresh event enqueues the StoragePool name(s) of that libvirt pool
@@ -960,14 +776,24 @@ def resolve(host: host_mod.Host, name: str) -> str | None:
     entry = host.ledger.get(KIND, name)
     if entry is None:
         return None
-    libvirt_name = entry.resource.get("libvirtName")
-    if not isinstance(libvirt_name, str):
-        return None
     try:
-        observed = layer_for(host).observe(libvirt_name)
+        observed = _ours(entry, layer_for(host))
     except errors.HostStorageError:
         return None
-    uuid = entry.resource.get("uuid")
-    if observed is None or not observed.active or (uuid and uuid != observed.uuid):
+    if observed is None or not observed.active:
         return None
     return observed.definition.target_path
+
+
+def require(host: host_mod.Host, name: str) -> str:
+    """:func:`resolve`, for a user of the pool: :class:`WaitingForPool` instead of None."""
+    path = resolve(host, name)
+    if path is None:
+        raise WaitingForPool(f"StoragePool {name} is not running on this node")
+    return path
+
+
+if TYPE_CHECKING:  # mypy checks that this module is a Kind
+    from reconcilers import storage_pool as _self  # noqa: PLW0406 - mypy checks this module against Kind
+
+    _kind: kind.Kind[PoolSpec] = _self

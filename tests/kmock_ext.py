@@ -12,6 +12,9 @@ documented Kubernetes semantics, each pinned by a test in ``tests/test_kmock_ext
   (custom resources with the status subresource), and when ``deletionTimestamp`` is set.
 - status subresource: writes to the main resource ignore ``status``; writes to ``/status`` ignore
   everything but ``status``.
+- lists in chunks (``limit``/``continue``): every page is served from the snapshot of the first, with
+  the first page's ``resourceVersion``, ``remainingItemCount`` and a ``continue`` token until the last
+  page; a token older than a compaction answers 410 Gone (reason Expired);
 - label selectors (``=``, ``==``, ``!=``, ``in``, ``notin``, ``key``, ``!key``) and field selectors
   (``metadata.name``, ``metadata.namespace``, and ``involvedObject.*``/``reason``/``type`` for events).
 - finalizers: DELETE sets ``deletionTimestamp`` while finalizers remain, the object goes when the last one
@@ -259,6 +262,8 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     log: list[_Event] = attrs.field(factory=list, init=False)
     rv: int = attrs.field(default=1, init=False)
     compacted_rv: int = attrs.field(default=0, init=False)
+    snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = attrs.field(factory=dict, init=False)
+    """Lists in chunks in progress: continue-token id -> (resourceVersion, the items of the first page)."""
     closing: bool = attrs.field(default=False, init=False)
     _changed: asyncio.Event | None = attrs.field(default=None, init=False)
 
@@ -422,6 +427,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         """Forget the watch history up to now (like etcd compaction): older watches get 410 Gone."""
         self.compacted_rv = self.rv
         self.log.clear()
+        self.snapshots.clear()
 
     # ---- request dispatch
 
@@ -498,21 +504,41 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     def _list(
         self, spec: ResourceSpec, request: kmock.Request, ns: str | None, params: Mapping[str, str]
     ) -> aiohttp.web.StreamResponse:
-        items = [
-            obj
-            for (key, ons, _), obj in sorted(self.store.items(), key=lambda kv: str(kv[0]))
-            if key == spec.key and (ns is None or ons == ns) and self._selected(spec, obj, params)
-        ]
+        token = params.get("continue") or ""
+        if token:
+            snapshot_id, _, offset_text = token.partition(":")
+            if snapshot_id not in self.snapshots or not offset_text.isdigit():
+                raise ApiError(
+                    410, "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter.",
+                )
+            rv, snapshot = self.snapshots[snapshot_id]
+            offset = int(offset_text)
+        else:
+            rv, offset = self.rv, 0
+            snapshot = [
+                copy.deepcopy(obj)
+                for (key, ons, _), obj in sorted(self.store.items(), key=lambda kv: str(kv[0]))
+                if key == spec.key and (ns is None or ons == ns) and self._selected(spec, obj, params)
+            ]
+            snapshot_id = uuid.uuid4().hex
+        limit_text = params.get("limit") or ""
+        limit = int(limit_text) if limit_text.isdigit() and int(limit_text) > 0 else len(snapshot)
+        items = snapshot[offset : offset + limit]
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        rest = len(snapshot) - offset - len(items)
+        if rest > 0:
+            self.snapshots[snapshot_id] = (rv, snapshot)
+            meta["continue"] = f"{snapshot_id}:{offset + len(items)}"
+            meta["remainingItemCount"] = rest
+        else:
+            self.snapshots.pop(snapshot_id, None)
         accept = request.headers.get("Accept", "")
         if "as=Table" in accept:
             return aiohttp.web.json_response(self._table(spec, items))
         return aiohttp.web.json_response(
-            {
-                "apiVersion": spec.api_version,
-                "kind": f"{spec.kind}List",
-                "metadata": {"resourceVersion": str(self.rv)},
-                "items": items,
-            }
+            {"apiVersion": spec.api_version, "kind": f"{spec.kind}List", "metadata": meta, "items": items}
         )
 
     def _table(self, spec: ResourceSpec, items: list[dict[str, Any]]) -> dict[str, Any]:

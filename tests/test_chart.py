@@ -43,6 +43,7 @@ NON_DEFAULT: dict[str, Any] = {
         "stateDir": "/var/lib/hs-state",
         "mountBase": "/rhev/data-center/mnt",
         "allowedHostPaths": ["/srv/storage", "/data/images"],
+        "extraVfsTypes": ["gfs2", "ocfs2"],
         "hostNamespaces": False,
         "useHostScope": None,
         "libvirtUri": "qemu+unix:///system",
@@ -180,6 +181,7 @@ def test_non_default_values_reach_the_objects() -> None:
     assert agent["args"] == ["agent", "--log-level=DEBUG"]
     env = env_of(agent)
     assert env["HOSTSTORAGE_ALLOWED_HOST_PATHS"] == "/srv/storage:/data/images"
+    assert env["HOSTSTORAGE_EXTRA_VFS_TYPES"] == "gfs2:ocfs2"
     assert env["HOSTSTORAGE_HOST_NAMESPACES"] == "false"
     assert "HOSTSTORAGE_USE_HOST_SCOPE" not in env  # null: the agent decides
     assert env["HOSTSTORAGE_MOUNT_BASE"] == "/rhev/data-center/mnt"
@@ -324,6 +326,7 @@ def test_every_environment_variable_the_chart_sets_is_one_settings_reads(values_
         ("agent.workers=0", "/agent/workers"),
         ("agent.useHostScope=auto", "/agent/useHostScope"),
         ("agent.qemuUser=-oops", "/agent/qemuUser"),
+        ("agent.extraVfsTypes[0]=Fuse Sshfs", "/agent/extraVfsTypes/0"),
         ("controller.replicas=two", "/controller/replicas"),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("logLevel=LOUD", "/logLevel"),

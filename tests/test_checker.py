@@ -165,24 +165,6 @@ def test_remove_probe(chk: checker.Checker, tmp_path: pathlib.Path) -> None:
     assert chk.remove_probe(str(tmp_path), r.path, timeout=5) is False
 
 
-def test_dd_baseline_reads_and_reports_dd_s_delay(tmp_path: pathlib.Path) -> None:
-    probe = tmp_path / "p"
-    probe.write_bytes(b"x" * 4096)
-    d = checker.DdChecker()
-    try:
-        assert d.submit("a", checker.CheckRequest(target=str(tmp_path), path=str(probe)), timeout=5)
-        missing = checker.CheckRequest(target=str(tmp_path), path=str(tmp_path / "nope"))
-        assert d.submit("b", missing, timeout=5)
-        got: dict[object, checker.CheckResult] = {}
-        deadline = time.monotonic() + 5
-        while len(got) < 2 and time.monotonic() < deadline:
-            got.update(d.wait(0.1))
-        assert got["a"].ok and got["a"].read_delay is not None
-        assert not got["b"].ok and "No such file" in got["b"].error
-    finally:
-        d.close()
-
-
 def test_runtime_reports_once_per_transition_and_exports_metrics(tmp_path: pathlib.Path) -> None:
     reports: list[tuple[str, str, bool]] = []
     registry = prometheus_client.CollectorRegistry()

@@ -257,7 +257,7 @@ def test_state_dir_from_the_environment(tmp_path: pathlib.Path) -> None:
 REQUIRED = {"apply": ["-f", "x.yaml"], "delete": ["-f", "x.yaml"], "monitor": ["-f", "x.yaml"],
             "completion": ["bash"]}  # fmt: skip
 GLOBAL_VALUES = {"DIR": ("/before", "/after"), "URI": ("qemu:///before", "qemu:///after"),
-                 "LEVEL": ("ERROR", "DEBUG")}  # fmt: skip
+                 "LEVEL": ("ERROR", "DEBUG"), "TYPE": ("ocfs2", "gfs2")}  # fmt: skip
 
 
 def _global_flags() -> list[argparse.Action]:

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from hostlib import errors
+from reconcilers import api
 from reconcilers import storage_connection as sc
 
 CRD_PATH = pathlib.Path(__file__).resolve().parent.parent / "crds" / "storageconnection.yaml"
@@ -106,7 +107,7 @@ def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[s
 
 
 def obj(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": sc.API_VERSION, "kind": sc.KIND, "metadata": {"name": "c1"}, "spec": spec}
+    return {"apiVersion": api.API_VERSION, "kind": sc.KIND, "metadata": {"name": "c1"}, "spec": spec}
 
 
 GOOD = [

@@ -30,7 +30,7 @@ import pytest
 import yaml
 from celpy import celtypes
 
-from controller import local
+from controller import registry
 
 pytestmark = pytest.mark.packaging
 
@@ -169,21 +169,7 @@ def test_cel_rules_have_bounded_inputs(kind: str) -> None:
 # ---- admission: defaults, OpenAPI schema, CEL
 
 
-def apply_defaults(node: dict[str, Any], value: Any) -> Any:
-    """Structural defaulting as the API server does it: absent properties of present objects."""
-    if isinstance(value, dict):
-        for name, child in (node.get("properties") or {}).items():
-            if name not in value and "default" in child:
-                value[name] = copy.deepcopy(child["default"])
-            if name in value:
-                value[name] = apply_defaults(child, value[name])
-        extra = node.get("additionalProperties")
-        if isinstance(extra, dict):
-            for key in value:
-                value[key] = apply_defaults(extra, value[key])
-    elif isinstance(value, list) and isinstance(node.get("items"), dict):
-        return [apply_defaults(node["items"], item) for item in value]
-    return value
+apply_defaults = crd_schema.apply_defaults
 
 
 # Kubernetes' CEL extension library (k8s.io/apiserver/pkg/cel/library and cel-go ext/strings), the
@@ -312,6 +298,9 @@ POSIXFS = {"source": "/dev/disk/by-uuid/0c1e", "vfsType": "ext4"}
 GLUSTERFS = {"server": "gluster1", "volume": "vol0", "backupServers": ["gluster2"]}
 ISCSI = {"portal": "10.0.0.5:3260", "target": "iqn.2003-01.org.example:disk1", "lun": 0}
 LOCALFS = {"path": "/srv/storage/dom..ain"}
+NUMERIC = "an all-numeric host must be an IPv4 address"
+LONG = "a host name is at most 253 characters"
+LONG_HOST = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 62])  # 254 characters, every label valid
 
 # kind -> (good specs, bad specs with the message that must fail, updates (old, new, message or None))
 Case = tuple[dict[str, Any], str]
@@ -341,6 +330,19 @@ CASES: dict[str, dict[str, Any]] = {
             ({"type": "posixfs", "posixfs": {**POSIXFS, "source": "srv:/a/../b"}}, "source must not contain"),
             ({"type": "localfs", "localfs": {"path": "/srv/../etc"}}, "path must not contain"),
             *(({"type": "nfs", "nfs": NFS, "nodeSelector": s}, SELECTOR_MESSAGE) for s in SELECTOR_BAD),
+            ({"type": "nfs", "nfs": {**NFS, "server": "999.1.1.1"}}, NUMERIC),
+            ({"type": "nfs", "nfs": {**NFS, "server": LONG_HOST}}, LONG),
+            ({"type": "glusterfs", "glusterfs": {**GLUSTERFS, "server": "10.0.0.256"}}, NUMERIC),
+            ({"type": "glusterfs", "glusterfs": {**GLUSTERFS, "server": LONG_HOST}}, LONG),
+            ({"type": "glusterfs", "glusterfs": {**GLUSTERFS, "backupServers": ["1.2.3"]}}, NUMERIC),
+            ({"type": "glusterfs", "glusterfs": {**GLUSTERFS, "backupServers": [LONG_HOST]}}, LONG),
+            ({"type": "iscsi", "iscsi": {**ISCSI, "portal": "300.0.0.5:3260"}}, NUMERIC),
+            ({"type": "iscsi", "iscsi": {**ISCSI, "portal": f"{LONG_HOST}:3260"}}, LONG),
+            ({"type": "posixfs", "posixfs": {**POSIXFS, "source": "server"}}, "an absolute device"),
+            ({"type": "posixfs", "posixfs": {**POSIXFS, "source": "1.2.3.999:/x"}}, NUMERIC),
+            ({"type": "posixfs", "posixfs": {**POSIXFS, "source": f"{LONG_HOST}:/x"}}, LONG),
+            ({"type": "posixfs", "posixfs": {**POSIXFS, "vfsType": "glusterfs"}}, "never a posixfs type"),
+            ({"type": "posixfs", "posixfs": {**POSIXFS, "vfsType": "fuse.sshfs"}}, "never a posixfs type"),
         ],
         "updates": [
             ({"type": "nfs", "nfs": NFS}, {"type": "nfs", "nfs": {**NFS, "version": "3"}}, None),
@@ -375,6 +377,24 @@ CASES: dict[str, dict[str, Any]] = {
             ({"fs": {"device": "/dev/../etc/shadow"}}, "device must not contain"),
             ({"netfs": {"host": "g1", "dir": "/vol/.."}}, "dir must not contain"),
             *(({"dir": {"path": "/srv/a"}, "nodeSelector": s}, SELECTOR_MESSAGE) for s in SELECTOR_BAD),
+            ({"fs": {"device": "/dev/./"}}, "device must name something under /dev"),
+            ({"logical": {"vgName": "vg0", "devices": ["/dev/a/../b"]}}, "a device must not contain"),
+            ({"logical": {"vgName": "vg0", "devices": ["/dev//."]}}, "a device must name something"),
+            ({"logical": {"vgName": ".."}}, "vgName must not be . or .."),
+            ({"netfs": {"host": "1.1.1.1.1", "dir": "/vol"}}, NUMERIC),
+            ({"netfs": {"host": LONG_HOST, "dir": "/vol"}}, LONG),
+            ({"iscsi": {"host": "256.1.1.1", "target": "iqn.2003-01.org.example:d"}}, NUMERIC),
+            ({"iscsi": {"host": LONG_HOST, "target": "iqn.2003-01.org.example:d"}}, LONG),
+            (
+                {"iscsiDirect": {"host": "0.0.0.0.0", "target": "eui.02004567A425678D",
+                                 "initiator": "iqn.2024-01.org.example:node1"}},
+                NUMERIC,
+            ),
+            (
+                {"iscsiDirect": {"host": LONG_HOST, "target": "eui.02004567A425678D",
+                                 "initiator": "iqn.2024-01.org.example:node1"}},
+                LONG,
+            ),
         ],
         "updates": [
             (
@@ -407,6 +427,7 @@ CASES: dict[str, dict[str, Any]] = {
             ({"target": {"connectionRef": {"name": "c", "path": "a/../.."}}}, "path must not contain"),
             ({"target": {"hostPath": "/srv/storage/../../etc"}}, "hostPath must not contain"),
             ({"target": {"poolRef": {"name": "p"}}, "probeFile": "../escape"}, "probeFile must not contain"),
+            ({"target": {"poolRef": {"name": "p"}}, "probeFile": "./"}, "probeFile must name a file"),
             *(
                 ({"target": {"poolRef": {"name": "p"}}, "nodeSelector": s}, SELECTOR_MESSAGE)
                 for s in SELECTOR_BAD
@@ -527,9 +548,25 @@ def test_examples_are_admitted(obj: dict[str, Any]) -> None:
     """What examples/ and the docs show users is accepted by the API server and by the agent's parser."""
     assert obj["apiVersion"] == f"{GROUP}/v1alpha1"
     assert admit(obj["kind"], obj.get("spec") or {}) == []
-    modules = {m.KIND: m for m in local.KINDS}
+    modules = registry.load_all()
     if obj["kind"] in modules:
         modules[obj["kind"]].parse(obj)  # raises InvalidSpec naming the field
+
+
+def test_a_long_pool_name_needs_a_libvirt_name() -> None:
+    """The root rule: libvirt pool names are at most 64 characters, object names up to 253."""
+
+    def obj(name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        meta = {"name": name}
+        return {"apiVersion": f"{GROUP}/v1alpha1", "kind": "StoragePool", "metadata": meta, "spec": spec}
+
+    long_name = "p" * 65
+    assert cel_violations("StoragePool", obj(long_name, {"dir": {"path": "/srv/a"}})) == [
+        "a pool whose name is longer than 64 characters needs spec.libvirtName (libvirt's limit)"
+    ]
+    named = {"dir": {"path": "/srv/a"}, "libvirtName": "p"}
+    assert cel_violations("StoragePool", obj(long_name, named)) == []
+    assert cel_violations("StoragePool", obj("p" * 64, {"dir": {"path": "/srv/a"}})) == []
 
 
 def test_kubernetes_cel_library_shim_matches_kubernetes() -> None:

@@ -21,6 +21,7 @@ import pytest
 
 from controller import monitoring
 from hostlib import checker, commands, config, domain_metadata, ledger
+from reconcilers import api, storage_connection
 from reconcilers import domain_monitor as dmon
 from reconcilers import host as host_mod
 
@@ -45,7 +46,10 @@ def vdsm_domain(mount: str, *, broken: bool = False) -> str:
 
 
 def manifest(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"kind": "DomainMonitor", "metadata": {"name": name}, "spec": {"target": target, **spec}}
+    return {
+        "apiVersion": api.API_VERSION, "kind": "DomainMonitor", "metadata": {"name": name},
+        "spec": {"target": target, **spec},
+    }
 
 
 @pytest.fixture
@@ -426,7 +430,8 @@ def test_ledger_entry_keeps_the_connection_in_use(
     host: host_mod.Host, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     allowed = host.config.allowed_host_paths[0]
-    monkeypatch.setattr(dmon, "_resolver", lambda module: lambda *a: allowed)
+    # The connection as if Connected at that path (its own tests cover how it gets there).
+    monkeypatch.setattr(storage_connection, "require", lambda *a: allowed)
     spec = dmon.parse(manifest("uses", {"connectionRef": {"name": "conn1"}}))
     assert dmon.reconcile(spec, host).ready
     assert [e.key for e in host.ledger.users_of("StorageConnection", "conn1")] == [("DomainMonitor", "uses")]

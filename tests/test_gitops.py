@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from controller import rollup
+from controller import registry, rollup
+
+PHASES = rollup.phases_of(registry.row("StorageConnection"))
 
 lupa51 = pytest.importorskip("lupa.lua51", reason="lupa (a dev dependency) is not installed")
 
@@ -61,7 +63,7 @@ def parent(generation: int, status: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def child(node: str, phase: str, generation: int, reason: str = "", message: str = "") -> dict[str, Any]:
-    ready = phase in rollup.READY_PHASES
+    ready = phase in PHASES.ready
     return {
         "spec": {"nodeName": node, "parentRef": {"kind": "StorageConnection", "name": "shared", "uid": "u1"}},
         "status": {
@@ -98,7 +100,8 @@ def rolled(
     generation: int, children: list[dict[str, Any]], nodes: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     p = parent(generation, None)
-    return parent(generation, rollup.rollup(p, children, NODES if nodes is None else nodes, now=NOW))
+    status = rollup.rollup(p, children, NODES if nodes is None else nodes, now=NOW, phases=PHASES)
+    return parent(generation, status)
 
 
 SCRIPT = lua_script("hoststorage-health")

@@ -65,17 +65,45 @@ def test_argv_builders() -> None:
         ("iqn.2003-01.org.example", True),
         ("eui.02004567a425678d", True),
         ("naa.52004567ba64678d", True),
-        ("IQN.2003-01.org.x:t", False),
+        # RFC 3720's own examples, and names as vendors write them: upper case is the same name.
+        ("eui.02004567A425678D", True),
+        ("naa.52004567BA64678D", True),
+        ("naa.6006016034a02500d0e30b6d6a91e411", True),
+        ("iqn.1992-08.com.NetApp:sn.84211978", True),
+        ("IQN.2003-01.org.x:t", True),
+        ("iqn.2001-04.com.example:storage:diskarrays-sn-a8675309", True),
+        ("iqn.2003-01.org.x:" + "a" * 201, True),
+        ("iqn.2003-01.org.x:" + "a" * 206, False),
         ("iqn.03-01.org.x", False),
+        ("iqn.2003-13.org.x", False),
+        ("iqn.2003-00.org.x", False),
+        ("iqn.2003-01.-org.x", False),
+        ("iqn.2003-01.org..x", False),
+        ("iqn.2003-01.org.x:", False),
+        ("iqn.2003-01.org.x:t_1", False),
         ("iqn.2003-01.org.x:t;reboot", False),
         ("iqn.2003-01.org.x:t t", False),
         ("-iqn.2003-01.org.x", False),
         ("eui.123", False),
+        ("eui.02004567a425678dd", False),
+        ("naa.52004567ba64678d1", False),
+        ("naa." + "a" * 24, False),
+        ("iqn.2003-01.org.ex\u00e4mple", False),
         ("iqn.2003-01." + "a" * 300, False),
     ],
 )
-def test_iqn_validation(name: str, ok: bool) -> None:
-    assert iscsi.valid_iqn(name) is ok
+def test_iscsi_names_follow_rfc_3720(name: str, ok: bool) -> None:
+    assert iscsi.valid_name(name) is ok
+    if ok:
+        assert iscsi.check_name(name, field="spec.x") == name
+    else:
+        with pytest.raises(errors.InvalidSpec):
+            iscsi.check_name(name, field="spec.x")
+
+
+def test_iscsi_names_compare_case_insensitively() -> None:
+    assert iscsi.same_name("iqn.1992-08.com.NetApp:sn.1", "IQN.1992-08.com.netapp:SN.1")
+    assert not iscsi.same_name("iqn.1992-08.com.netapp:sn.1", "iqn.1992-08.com.netapp:sn.2")
 
 
 def test_parse_sessions_and_discovery() -> None:

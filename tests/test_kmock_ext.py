@@ -263,6 +263,43 @@ def test_watch_from_a_compacted_version_is_gone(api: Any) -> None:
     assert event["type"] == "ERROR" and event["object"]["code"] == 410
 
 
+def test_lists_come_in_chunks_from_one_snapshot(api: Any) -> None:
+    """API Concepts, "Retrieving large results sets in chunks": limit and continue; every page comes from
+    the first page's snapshot (same resourceVersion; objects changed meanwhile are not seen); the last
+    page has no continue token."""
+    client, _ = api
+    for i in range(5):
+        client.ok("POST", SNS, sns(f"chunk-{i}", {"test": "chunks"}))
+    first = client.ok("GET", f"{SNS}?labelSelector=test%3Dchunks&limit=2")
+    assert [o["metadata"]["name"] for o in first["items"]] == ["chunk-0", "chunk-1"]
+    assert first["metadata"]["remainingItemCount"] == 3
+    token = first["metadata"]["continue"]
+    client.ok("POST", SNS, sns("chunk-5", {"test": "chunks"}))  # after the snapshot: not in this list
+    client.ok("DELETE", f"{SNS}/chunk-3")
+    second = client.ok("GET", f"{SNS}?labelSelector=test%3Dchunks&limit=2&continue={token}")
+    assert [o["metadata"]["name"] for o in second["items"]] == ["chunk-2", "chunk-3"]
+    assert second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
+    last = client.ok(
+        "GET", f"{SNS}?labelSelector=test%3Dchunks&limit=2&continue={second['metadata']['continue']}"
+    )
+    assert [o["metadata"]["name"] for o in last["items"]] == ["chunk-4"]
+    assert "continue" not in last["metadata"]
+    everything = client.ok("GET", f"{SNS}?labelSelector=test%3Dchunks")
+    assert "continue" not in everything["metadata"] and len(everything["items"]) == 5
+
+
+def test_a_continue_token_older_than_a_compaction_is_gone(api: Any) -> None:
+    client, runner = api
+    for i in range(3):
+        client.ok("POST", SNS, sns(f"expire-{i}", {"test": "expire"}))
+    first = client.ok("GET", f"{SNS}?labelSelector=test%3Dexpire&limit=1")
+    runner.call(runner.emulator.compact)
+    code, body = client.call(
+        "GET", f"{SNS}?labelSelector=test%3Dexpire&limit=1&continue={first['metadata']['continue']}"
+    )
+    assert (code, body["reason"]) == (410, "Expired")
+
+
 def test_watch_times_out_when_asked(api: Any) -> None:
     client, _ = api
     done = threading.Event()

@@ -1,4 +1,4 @@
-"""StorageNodeState names, labels and node-selector matching."""
+"""StorageNodeState names and labels."""
 
 from __future__ import annotations
 
@@ -54,35 +54,3 @@ def test_body_has_labels_owner_and_parent_ref() -> None:
     assert body["metadata"]["ownerReferences"][0] == {"apiVersion": "v1", "kind": "Node", "name": "node-a",
                                                       "uid": "nu"}
     assert body["spec"]["parentRef"]["uid"] == "u1"
-
-
-LABELS = {"zone": "a", "role": "storage"}
-
-
-@pytest.mark.parametrize(("selector", "expected"), [
-    (None, True),
-    ({}, True),
-    ({"matchLabels": {"zone": "a"}}, True),
-    ({"matchLabels": {"zone": "b"}}, False),
-    ({"matchLabels": {"missing": "x"}}, False),
-    ({"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a", "b"]}]}, True),
-    ({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]}, False),
-    ({"matchExpressions": [{"key": "other", "operator": "NotIn", "values": ["a"]}]}, True),
-    ({"matchExpressions": [{"key": "role", "operator": "Exists"}]}, True),
-    ({"matchExpressions": [{"key": "role", "operator": "DoesNotExist"}]}, False),
-    ({"matchLabels": {"zone": "a"}, "matchExpressions": [{"key": "gpu", "operator": "Exists"}]}, False),
-])
-def test_selector_matching(selector: dict[str, object] | None, expected: bool) -> None:
-    assert naming.selector_matches(selector, LABELS) is expected
-
-
-@pytest.mark.parametrize("selector", [
-    {"matchExpressions": [{"key": "zone", "operator": "Like", "values": ["a"]}]},
-    {"matchExpressions": [{"key": "zone", "operator": "In"}]},
-    {"matchExpressions": [{"key": "zone", "operator": "Exists", "values": ["a"]}]},
-    {"matchExpressions": [{"operator": "Exists"}]},
-    {"matchLabels": ["zone"]},
-])
-def test_malformed_selectors_raise(selector: dict[str, object]) -> None:
-    with pytest.raises(naming.SelectorError):
-        naming.selector_matches(selector, LABELS)

@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 
 from hostlib import actions, config, connections, errors, ledger
+from reconcilers import api
 from reconcilers import host as host_mod
+from reconcilers import spec as spec_mod
 from reconcilers import storage_connection as sc
 
 
@@ -120,7 +122,7 @@ def host(tmp_path: pathlib.Path, world: FakeWorld) -> host_mod.Host:
 
 
 def manifest(spec: dict[str, Any], name: str = "c1", **meta: Any) -> dict[str, Any]:
-    return {"apiVersion": sc.API_VERSION, "kind": sc.KIND, "metadata": {"name": name, **meta}, "spec": spec}
+    return {"apiVersion": api.API_VERSION, "kind": sc.KIND, "metadata": {"name": name, **meta}, "spec": spec}
 
 
 def posix(source: str = "/dev/loop7", **extra: Any) -> dict[str, Any]:
@@ -193,7 +195,7 @@ def test_parse_iscsi_keeps_only_the_secret_reference() -> None:
             }
         )
     )
-    assert spec.chap_secret_ref == sc.SecretRef("chap", "")
+    assert spec.chap_secret_ref == spec_mod.SecretRef("chap", "")
     assert isinstance(spec.params, connections.IscsiParams) and spec.params.chap is None
 
 

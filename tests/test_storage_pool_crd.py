@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from hostlib import errors
+from reconcilers import api
 from reconcilers import storage_pool as sp
 
 CRD_PATH = pathlib.Path(__file__).resolve().parent.parent / "crds" / "storagepool.yaml"
@@ -30,7 +31,7 @@ def crd_errors(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[s
 
 
 def obj(spec: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": sp.API_VERSION, "kind": sp.KIND, "metadata": {"name": "p1"}, "spec": spec}
+    return {"apiVersion": api.API_VERSION, "kind": sp.KIND, "metadata": {"name": "p1"}, "spec": spec}
 
 
 def test_names_scope_subresources_and_columns() -> None:
@@ -61,7 +62,7 @@ def test_schema_is_structural_and_explained() -> None:
 
 def test_spec_field_names_follow_the_design_and_the_parser() -> None:
     props = SPEC["properties"]
-    assert set(props) == sp.SPEC_FIELDS
+    assert set(props) == set(sp.SPEC_FIELDS)
     assert set(props["connectionRef"]["properties"]) == {"name", "path"}
     assert set(props["dir"]["properties"]) == {"path"}
     assert set(props["fs"]["properties"]) == {"device", "format"}

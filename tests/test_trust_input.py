@@ -379,10 +379,10 @@ def test_an_unreadable_input_stops_the_run_before_anything_is_done(
 
 BROKEN = """
 import sys
-from controller import cli, local
+from controller import cli, engine
 def broken(*args, **kwargs):
     raise RuntimeError("boom " + "x" * 10_000)
-local.apply = broken
+engine.apply = broken
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from controller.agent import _same_state
+from controller.node_states import same_state as _same_state
 
 
 def _status(**monitor: Any) -> dict[str, Any]:

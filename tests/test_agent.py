@@ -1,0 +1,262 @@
+"""The agent in-process: intake and dispatch, the StorageNodeState writer, the Event and teardown
+policies, against :class:`fake_api.FakeApi` (the real interface, pinned below) and the fake connection
+layer of test_storage_connection.py."""
+
+from __future__ import annotations
+
+import inspect
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fake_api import FakeApi
+from test_storage_connection import FakeConnection, FakeWorld
+
+from controller import agent, events, kube, naming, registry, settings, teardown
+from hostlib import config, connections, ledger
+from reconcilers import api as api_mod
+from reconcilers import host as host_mod
+
+NODE = "node-a"
+KIND = "StorageConnection"
+
+
+def test_the_fake_api_has_the_real_interface() -> None:
+    real = {n: f for n, f in inspect.getmembers(kube.Api, inspect.isfunction) if not n.startswith("_")}
+    fake = {n: f for n, f in inspect.getmembers(FakeApi, inspect.isfunction) if not n.startswith("_")}
+    assert set(real) <= set(fake)
+    for name, fn in real.items():
+        want = [(p.name, p.kind, p.default) for p in inspect.signature(fn).parameters.values()]
+        got = [(p.name, p.kind, p.default) for p in inspect.signature(fake[name]).parameters.values()]
+        assert got == want, name
+
+
+@pytest.fixture
+def world() -> FakeWorld:
+    return FakeWorld()
+
+
+@pytest.fixture
+def fake() -> FakeApi:
+    api = FakeApi()
+    api.nodes[NODE] = {
+        "metadata": {"name": NODE, "uid": "node-uid", "labels": {"zone": "a"}, "resourceVersion": "1"}
+    }
+    return api
+
+
+@pytest.fixture
+def node_agent(tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi) -> Iterator[agent.Agent]:
+    conf = settings.Settings(
+        node_name=NODE, state_dir=str(tmp_path / "state"), workers=1, resync_seconds=3600
+    )
+    host_config = config.HostConfig(state_dir=conf.state_dir)
+
+    def factory(name: str, params: Any, hc: config.HostConfig) -> Any:
+        connections.validate(params, hc)
+        return FakeConnection(name, params, hc, world)
+
+    host = host_mod.Host(
+        config=host_config, ledger=ledger.Ledger.load(conf.state_dir), make_connection=factory
+    )
+    a = agent.Agent(conf, fake, host, kinds=[KIND])  # type: ignore[arg-type]
+    a.initial_refresh()
+    # The tests run each pass themselves, one at a time: no worker thread may run one meanwhile.
+    a.queue.shutdown(5)
+    try:
+        yield a
+    finally:
+        a.stopping.set()
+        a.queue.shutdown(5)
+
+
+def parent(
+    name: str = "c1", *, selector: Any = None, uid: str = "u1", generation: int = 1, **extra: Any
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"type": "posixfs", "posixfs": {"source": "/dev/loop7", "vfsType": "ext4"}}
+    if selector is not None:
+        spec["nodeSelector"] = selector
+    meta = {"name": name, "uid": uid, "generation": generation, "resourceVersion": str(generation), **extra}
+    return {"apiVersion": api_mod.API_VERSION, "kind": KIND, "metadata": meta, "spec": spec}
+
+
+def test_a_selected_parent_is_reconciled_and_written_once(
+    node_agent: agent.Agent, fake: FakeApi, world: FakeWorld
+) -> None:
+    node_agent.on_parent(KIND, "ADDED", parent(selector={"matchLabels": {"zone": "a"}}))
+    assert node_agent.process((KIND, "c1")) is False
+    record = fake.state_of(KIND, "c1", NODE)
+    assert record is not None and record["status"]["phase"] == "Connected"
+    assert record["status"]["observedGeneration"] == 1
+    assert fake.writes() == ["create_node_state", "replace_node_state_status"]
+    assert [c[0] for c in world.calls].count("connect") == 1
+    node_agent.process((KIND, "c1"))  # the message goes from "connected src" to "connected": written
+    writes = len(fake.writes())
+    node_agent.process((KIND, "c1"))  # a resync of a converged object: no API write
+    assert len(fake.writes()) == writes == 3
+
+
+def test_a_node_no_longer_selected_tears_down_and_drops_its_record(
+    node_agent: agent.Agent, fake: FakeApi, world: FakeWorld
+) -> None:
+    node_agent.on_parent(KIND, "ADDED", parent(selector={"matchLabels": {"zone": "a"}}))
+    node_agent.process((KIND, "c1"))
+    node_agent.on_parent(KIND, "MODIFIED", parent(selector={"matchLabels": {"zone": "b"}}, generation=2))
+    node_agent.process((KIND, "c1"))
+    assert fake.state_of(KIND, "c1", NODE) is None
+    assert world.connected == set()
+    assert node_agent.host.ledger.get(KIND, "c1") is None
+
+
+def test_a_malformed_selector_is_invalid_spec_and_announced_once(
+    node_agent: agent.Agent, fake: FakeApi, world: FakeWorld
+) -> None:
+    bad = parent(selector={"matchExpressions": [{"key": "zone", "operator": "Near", "values": ["a"]}]})
+    node_agent.on_parent(KIND, "ADDED", bad)
+    node_agent.process((KIND, "c1"))
+    node_agent.process((KIND, "c1"))
+    status = fake.state_of(KIND, "c1", NODE)["status"]  # type: ignore[index]
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Failed", "InvalidSpec")
+    assert [e["reason"] for e in fake.events] == ["InvalidSpec"]
+    assert world.calls == []
+
+
+def test_a_record_the_cache_missed_is_taken_over_after_409(node_agent: agent.Agent, fake: FakeApi) -> None:
+    body = naming.node_state_body(
+        kind=KIND, parent_name="c1", parent_uid="u1", node=NODE, node_uid="node-uid"
+    )
+    fake.create_node_state(body)  # made by an earlier run; the watch has not shown it yet
+    fake.calls.clear()
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    assert [m for m, _ in fake.calls if m != "post_event"] == [
+        "create_node_state",
+        "list_node_states",
+        "replace_node_state_status",
+    ]
+    assert fake.state_of(KIND, "c1", NODE)["status"]["phase"] == "Connected"  # type: ignore[index]
+
+
+def test_a_connection_still_used_answers_detaching_in_use_without_a_warning(
+    node_agent: agent.Agent, fake: FakeApi, world: FakeWorld
+) -> None:
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    node_agent.host.ledger.put(ledger.LedgerEntry("StoragePool", "p1", "pu", {}, ((KIND, "c1"),)))
+    deleting = parent(deletionTimestamp="2026-01-01T00:00:00Z", generation=2)
+    node_agent.on_parent(KIND, "MODIFIED", deleting)
+    assert node_agent.process((KIND, "c1")) is True  # retried: the user may go away
+    status = fake.state_of(KIND, "c1", NODE)["status"]  # type: ignore[index]
+    assert (status["phase"], status["conditions"][0]["reason"]) == ("Detaching", "InUse")
+    assert fake.events == [] and world.connected
+
+
+def test_a_deleted_parent_is_torn_down_from_the_ledger(
+    node_agent: agent.Agent, fake: FakeApi, world: FakeWorld
+) -> None:
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    gone = parent()
+    gone["metadata"]["resourceVersion"] = "5"
+    node_agent.on_parent(KIND, "DELETED", gone)
+    node_agent.on_parent(KIND, "ADDED", parent())  # a stale list result must not bring it back
+    node_agent.process((KIND, "c1"))
+    assert world.connected == set() and fake.state_of(KIND, "c1", NODE) is None
+
+
+def test_liveness_follows_the_work_queue(node_agent: agent.Agent) -> None:
+    assert node_agent.alive()[0]  # shut down on purpose: not a failure
+    node_agent.queue._stopping = False  # as if the workers had died while the agent runs on
+    ok, detail = node_agent.alive()
+    assert not ok and "died" in detail["queue"]
+
+
+# ------------------------------------------------------------------------------- the pure policies
+
+
+@pytest.mark.parametrize(
+    ("parent_exists", "why", "phase", "had_entry", "have_record", "expected"),
+    [
+        (False, teardown.DELETED, "Detached", True, True, teardown.Record.DELETE),
+        (False, teardown.DELETED, "Detaching", True, True, teardown.Record.KEEP),
+        (False, teardown.DELETED, "Detached", False, False, teardown.Record.KEEP),
+        (True, teardown.NOT_SELECTED, "Detached", True, True, teardown.Record.DELETE),
+        (True, teardown.NOT_SELECTED, "Detaching", True, True, teardown.Record.WRITE),
+        (True, teardown.NOT_SELECTED, "Detached", False, False, teardown.Record.KEEP),
+        (True, teardown.DELETING, "Detached", True, True, teardown.Record.WRITE),
+        (True, teardown.DELETING, "Detached", False, False, teardown.Record.KEEP),
+        (True, teardown.DELETING, "TeardownFailed", True, True, teardown.Record.WRITE),
+    ],
+)
+def test_what_becomes_of_the_record_after_a_teardown(
+    parent_exists: bool, why: str, phase: str, had_entry: bool, have_record: bool, expected: teardown.Record
+) -> None:
+    got = teardown.record_action(
+        parent_exists=parent_exists, why=why, phase=phase, had_entry=had_entry, have_record=have_record
+    )
+    assert got is expected
+
+
+MONITOR = registry.row("DomainMonitor")
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (None, "Healthy", []),  # the first Healthy after start-up is not news
+        ("Unknown", "Healthy", []),
+        ("Pending", "Healthy", []),
+        ("Healthy", "Degraded", [("Warning", "Degraded")]),
+        ("Healthy", "Invalid", [("Warning", "Invalid")]),
+        ("Invalid", "Healthy", [("Normal", "Healthy")]),
+        ("Degraded", "Degraded", []),
+        ("Unknown", "Invalid", [("Warning", "Invalid")]),
+    ],
+)
+def test_monitor_transitions_that_are_news(
+    old: str | None, new: str, expected: list[tuple[str, str]]
+) -> None:
+    got = events.after_reconcile(
+        MONITOR, old_phase=old, old_reason=None, phase=new, reason="R", message="m", node=NODE, repaired=False
+    )
+    assert [(e.type, e.reason) for e in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("old_phase", "old_reason", "phase", "reason", "repaired", "expected"),
+    [
+        ("Pending", None, "Connected", "Connected", False, []),  # no transition Events for connections
+        ("Connected", "Connected", "Failed", "MountFailed", False, [("Warning", "MountFailed")]),
+        ("Failed", "MountFailed", "Failed", "MountFailed", False, []),  # in status, not re-announced
+        ("Failed", "MountFailed", "Failed", "LoginFailed", False, [("Warning", "LoginFailed")]),
+        ("Connected", "Connected", "Connected", "Connected", True, [("Warning", "DriftRepaired")]),
+    ],
+)
+def test_connection_failures_and_repairs_are_news(
+    old_phase: str,
+    old_reason: str | None,
+    phase: str,
+    reason: str,
+    repaired: bool,
+    expected: list[tuple[str, str]],
+) -> None:
+    got = events.after_reconcile(
+        registry.row(KIND),
+        old_phase=old_phase,
+        old_reason=old_reason,
+        phase=phase,
+        reason=reason,
+        message="m",
+        node=NODE,
+        repaired=repaired,
+    )
+    assert [(e.type, e.reason) for e in got] == expected
+
+
+def test_entering_teardown_failed_is_news_staying_in_it_is_not() -> None:
+    assert [e.reason for e in events.after_teardown("Detaching", "TeardownFailed", "m", node=NODE)] == [
+        "TeardownFailed"
+    ]
+    assert events.after_teardown("TeardownFailed", "TeardownFailed", "m", node=NODE) == []
+    assert events.after_teardown("Detaching", "Detached", "m", node=NODE) == []
