@@ -154,9 +154,18 @@ class Agent:
         """Start the DomainMonitor runtime; its reports only enqueue the monitor's key."""
         if MONITOR_KIND in self.kinds and self.monitors is None:
             self.monitors = monitoring.MonitorRuntime(
-                on_report=self._on_monitor_report, registry=self.metrics.registry
+                on_report=self._on_monitor_report, registry=self.metrics.registry,
+                vms=monitoring.tracker_for(self.host), on_resume=self._on_resume_batch,
             )
             self.monitors.start()
+
+    def _on_resume_batch(self, batch: Any) -> None:
+        """An Event on the DomainMonitor per resume batch (runs in the runtime's resumer thread)."""
+        with self._lock:
+            parent = self.parents.get((MONITOR_KIND, batch.monitor))
+        if parent is not None:
+            event_type, reason, message = batch.event()
+            self._event(parent, event_type, reason, f"{self.node}: {message}")
 
     def _on_monitor_report(self, name: str, status: Any, transition: bool) -> None:
         with self._lock:

@@ -80,6 +80,8 @@ class Spec:
     timeout: float = DEFAULT_INTERVAL
     thresholds: Thresholds = Thresholds()
     report_interval: float = DEFAULT_REPORT_INTERVAL
+    resume_paused_vms: bool = True
+    """Resume VMs paused on an I/O error with a disk on the target when it turns Healthy (VDSM's way)."""
 
 
 def _int_in(value: object, field: str, lo: int, hi: int) -> int:
@@ -147,7 +149,8 @@ def parse(obj: Mapping[str, Any]) -> Spec:
     _no_extra(
         spec,
         {"nodeSelector", "target", "probeFile", "intervalSeconds", "timeoutSeconds",
-         "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds", "deletionPolicy"},
+         "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds", "deletionPolicy",
+         "resumePausedVMs"},
         "spec",
     )
     selector = _mapping(spec.get("nodeSelector") or {}, "spec.nodeSelector")
@@ -172,6 +175,9 @@ def parse(obj: Mapping[str, Any]) -> Spec:
         spec.get("reportIntervalSeconds", DEFAULT_REPORT_INTERVAL), "spec.reportIntervalSeconds",
         *REPORT_INTERVAL_RANGE,
     )
+    resume_vms = spec.get("resumePausedVMs", True)
+    if not isinstance(resume_vms, bool):
+        raise errors.InvalidSpec(f"must be true or false, got {resume_vms!r}", field="spec.resumePausedVMs")
     return Spec(
         name=name,
         target=target,
@@ -183,6 +189,7 @@ def parse(obj: Mapping[str, Any]) -> Spec:
         timeout=timeout,
         thresholds=Thresholds(warn, free_pct),
         report_interval=report,
+        resume_paused_vms=resume_vms,
     )
 
 
@@ -255,6 +262,9 @@ class MonitorStatus:
     path: str = ""
     path_kind: str = ""
     blocked_seconds: float = 0.0
+    paused_vms: tuple[str, ...] = ()
+    """Names of the VMs paused on an I/O error with a disk on the target (the first few, sorted)."""
+    paused_vm_count: int = 0
 
     @property
     def valid(self) -> bool:
@@ -283,6 +293,8 @@ class MonitorStatus:
             out["pathKind"] = self.path_kind
         if self.seal:
             out["metadataChecksum"] = self.seal
+        if self.paused_vm_count:
+            out["pausedVMs"] = {"count": self.paused_vm_count, "names": list(self.paused_vms)}
         out.update(self.domain)
         return out
 
@@ -373,6 +385,8 @@ def report_due(
     if reported is None or reported_at is None:
         return True
     if is_transition(reported, current) or reported.domain != current.domain or reported.seal != current.seal:
+        return True
+    if (reported.paused_vms, reported.paused_vm_count) != (current.paused_vms, current.paused_vm_count):
         return True
     if now - reported_at < report_interval:
         return False
