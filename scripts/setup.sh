@@ -14,6 +14,8 @@ apt_packages=(
   libvirt-daemon-system libvirt-daemon-driver-storage-iscsi-direct libvirt-clients libvirt-dev
   glusterfs-server glusterfs-client
   tgt libiscsi-bin
+  # the VM-resume tests' guest: TCG, Debian's cloud kernel (/boot/vmlinuz-*-cloud-amd64), busybox initramfs
+  qemu-system-x86 linux-image-cloud-amd64 busybox-static
   podman buildah debootstrap
 )
 missing=()

@@ -16,6 +16,7 @@ from typing import Any
 
 import prometheus_client
 import pytest
+from fixtures_libvirt import wait_for
 
 from controller import monitoring, vm_resume
 from hostlib import checker, errors, libvirt_domains
@@ -72,13 +73,6 @@ def paused(name: str, *disks: str, reason: str = "ioerror") -> libvirt_domains.V
     io_error = "eio" if reason == "ioerror" else ""
     return libvirt_domains.VmRecord(f"uuid-{name}", name, "paused", reason, io_error, disks, (), None, 1)
 
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @dataclasses.dataclass
