@@ -41,12 +41,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import fixtures_libvirt  # noqa: E402
 import fixtures_storage  # noqa: E402
 import vm_guest  # noqa: E402
+from fixtures_vm import VOLUME_OPTIONS  # noqa: E402
 
 from controller import monitoring  # noqa: E402
 from hostlib import checker, libvirt_domains, libvirt_pools  # noqa: E402
 from reconcilers import domain_monitor as dmon  # noqa: E402
-
-OPTIONS = {"network.ping-timeout": "5", "performance.strict-o-direct": "on"}
 
 
 @contextlib.contextmanager
@@ -113,7 +112,7 @@ def main() -> int:
     batch: list[float] = []
     running: list[float] = []
     with tempfile.TemporaryDirectory(prefix="hs-bench-vm-") as work, libvirtd(), \
-            fixtures_storage.own_gluster_volume(os.path.join(work, "brick"), OPTIONS) as vol, \
+            fixtures_storage.own_gluster_volume(os.path.join(work, "brick"), VOLUME_OPTIONS) as vol, \
             mounted(vol, os.path.join(work, "mnt")) as mnt:
         initrd = vm_guest.build_initramfs(os.path.join(work, "initrd.cpio"), kernel, work)
         disk = vm_guest.Disk(vm_guest.make_image(os.path.join(mnt, "bench.img")), "vda")

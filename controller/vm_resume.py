@@ -4,7 +4,9 @@
 when a monitor enters Healthy; that only enqueues. The :class:`Resumer`'s own thread (VDSM runs each
 domain-state subscriber in a thread of its own, so emitting never blocks) then, per recovery:
 
-1. asks libvirt afresh which domains are paused (:meth:`VmSource.list_paused`),
+1. asks libvirt afresh which domains are paused (:meth:`VmSource.list_paused`); when libvirt cannot
+   answer (away, or not connected yet right after start-up) the batch is tried again later
+   (:data:`RETRY_SECONDS`, :data:`RETRIES`),
 2. takes the monitors as they are *now* (``monitors()``, from the runtime: target, state, opt-out),
 3. lets :func:`reconcilers.vm_resume.plan` decide,
 4. resumes each chosen VM (bounded libvirt calls; the state is checked again in the same call), notes
@@ -35,6 +37,10 @@ from reconcilers import vm_resume as policy
 log = logging.getLogger(__name__)
 
 RESULTS = ("resumed", "failed", "skipped")
+RETRY_SECONDS = 5.0
+RETRIES = 24
+"""A batch whose paused VMs cannot be listed (libvirtd away, or not connected yet at start-up) is tried
+again every RETRY_SECONDS, up to RETRIES times (two minutes), then given up with an error in the log."""
 
 
 class VmSource(Protocol):
@@ -127,8 +133,10 @@ class Resumer:
         on_batch: BatchCallback | None = None,
         wall: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self.vms = vms
+        self.retry_seconds = retry_seconds
         self._monitors = monitors
         self._on_batch = on_batch
         self._wall = wall
@@ -136,7 +144,8 @@ class Resumer:
         self.metrics = Metrics(registry)
         self.attempts = policy.AttemptLog()
         self._lock = threading.Condition()
-        self._queue: collections.deque[policy.Recovery] = collections.deque()
+        self._queue: list[tuple[float, int, policy.Recovery]] = []
+        """(due on the monotonic clock, tries so far, recovery), in the order they were queued."""
         self._stopping = False
         self._busy = False
         self._thread: threading.Thread | None = None
@@ -160,39 +169,60 @@ class Resumer:
 
     def trigger(self, recovery: policy.Recovery) -> None:
         """Enqueue a batch for ``recovery`` (any thread; returns at once)."""
+        self._enqueue(recovery, 0, 0.0)
+
+    def _enqueue(self, recovery: policy.Recovery, tries: int, delay: float) -> None:
         with self._lock:
-            self._queue.append(recovery)
+            self._queue.append((self._clock() + delay, tries, recovery))
             self._lock.notify()
 
     def idle(self) -> bool:
         with self._lock:
             return not self._queue and not self._busy
 
+    def _next(self) -> tuple[int, policy.Recovery] | None:
+        """The first due item (None when stopping); waits for one. Called with the lock held."""
+        while not self._stopping:
+            now = self._clock()
+            for i, (due, tries, recovery) in enumerate(self._queue):
+                if due <= now:
+                    del self._queue[i]
+                    return tries, recovery
+            wait = min((due for due, _, _ in self._queue), default=now + 60.0) - now
+            self._lock.wait(max(0.01, wait))
+        return None
+
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
-                    self._lock.wait()
-                if self._stopping:
+                item = self._next()
+                if item is None:
                     return
-                recovery = self._queue.popleft()
+                tries, recovery = item
                 self._busy = True
             try:
-                self.run_batch(recovery)
+                self.run_batch(recovery, tries=tries)
             except Exception:
                 log.exception("DomainMonitor/%s: resume batch failed", recovery.monitor)
             finally:
                 with self._lock:
                     self._busy = False
 
-    def run_batch(self, recovery: policy.Recovery) -> ResumeBatch:
-        """One batch, in the calling thread (the resumer's own, or a test's)."""
+    def run_batch(self, recovery: policy.Recovery, *, tries: int = 0) -> ResumeBatch | None:
+        """One batch, in the calling thread (the resumer's own, or a test's); None when it was put back
+        for later because libvirt could not list the paused VMs."""
         started, t0 = self._wall(), self._clock()
         try:
             paused = self.vms.list_paused()
         except errors.HostStorageError as exc:
-            log.warning("DomainMonitor/%s: Healthy again, but the paused VMs cannot be listed: %s",
-                        recovery.monitor, exc)
+            if tries < RETRIES:
+                if tries == 0:
+                    log.warning("DomainMonitor/%s: Healthy again, but the paused VMs cannot be listed "
+                                "(%s); trying again every %g s", recovery.monitor, exc, self.retry_seconds)
+                self._enqueue(recovery, tries + 1, self.retry_seconds)
+                return None
+            log.error("DomainMonitor/%s: the paused VMs could not be listed for %d tries; giving up on this "
+                      "recovery: %s", recovery.monitor, tries + 1, exc)
             paused = []
         plan = policy.plan(paused, self._monitors(), recovery, self.attempts)
         if plan.skipped:

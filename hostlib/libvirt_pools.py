@@ -442,10 +442,11 @@ class PoolLayer:
             self._domain_listeners.append(listener)
 
     def remove_listener(self, listener: Callable[..., None]) -> None:
+        """Forget ``listener`` (compared by equality: a bound method read twice is two objects)."""
         with self._lock:
-            self._pool_listeners = [x for x in self._pool_listeners if x is not listener]
-            self._domain_listeners = [x for x in self._domain_listeners if x is not listener]
-            self._reconnect_listeners = [x for x in self._reconnect_listeners if x is not listener]
+            self._pool_listeners = [x for x in self._pool_listeners if x != listener]
+            self._domain_listeners = [x for x in self._domain_listeners if x != listener]
+            self._reconnect_listeners = [x for x in self._reconnect_listeners if x != listener]
 
     # -- connection management ------------------------------------------------------------------------
 

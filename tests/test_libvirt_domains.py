@@ -157,3 +157,25 @@ def test_every_paused_reason_libvirt_knows_has_a_name() -> None:
                and n != "VIR_DOMAIN_PAUSED_LAST"}
     assert reasons <= set(ld.PAUSED_REASONS)
     assert ld.PAUSED_REASONS[libvirt.VIR_DOMAIN_PAUSED_IOERROR] == ld.IOERROR
+
+
+class FakeDom:
+    def UUIDString(self) -> str:
+        return "u1"
+
+    def name(self) -> str:
+        return "v"
+
+
+def test_a_stopped_tracker_hears_no_more_events() -> None:
+    layer = libvirt_pools.PoolLayer("test:///default")  # never connected: events are injected
+    t = ld.DomainTracker(layer)
+    layer.add_domain_listener(t._on_event)
+    layer.add_reconnect_listener(t._on_reconnect)
+    layer._on_domain_lifecycle(None, FakeDom(), libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
+                               libvirt.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR, None)
+    assert list(t._queue) == ["u1"] and t._noted["u1"].suspended
+    t.stop()  # removes the bound methods it registered
+    t._queue.clear()
+    layer._on_domain_lifecycle(None, FakeDom(), libvirt.VIR_DOMAIN_EVENT_RESUMED, 0, None)
+    assert list(t._queue) == []

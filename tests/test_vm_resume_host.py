@@ -16,8 +16,6 @@ the heavy lock; domains, mounts and volumes are removed even when a test fails.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import errno
 import json
 import os
@@ -37,6 +35,7 @@ import fixtures_storage
 import pytest
 import vm_guest
 from fixtures_libvirt import wait_for
+from fixtures_vm import PAUSE_TIMEOUT, Boot, brick_stopped
 
 from controller import monitoring
 from hostlib import checker, libvirt_domains, libvirt_pools
@@ -46,59 +45,6 @@ pytestmark = [pytest.mark.host, pytest.mark.slow]
 
 HOSTSTORAGE = str(pathlib.Path(sys.executable).parent / "hoststorage")
 LINE_RE = re.compile(r"^(\S+)  (\S+)  (\S+)  (\S+)  (.*)$")
-VOLUME_OPTIONS = {"network.ping-timeout": "5", "performance.strict-o-direct": "on"}
-PAUSE_TIMEOUT = 60.0
-"""Seen here: the guest pauses about 8-10 s after the brick stops (ping timeout 5 s plus the write)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Boot:
-    kernel: vm_guest.Kernel
-    initrd: str
-    workdir: str
-
-
-@pytest.fixture(scope="module")
-def boot(tmp_path_factory: pytest.TempPathFactory, libvirtd: str, virtlogd: None) -> Boot:
-    why = vm_guest.missing()
-    if why:
-        pytest.skip(why)
-    kernel = vm_guest.find_kernel()
-    assert kernel is not None
-    workdir = str(tmp_path_factory.mktemp("guest"))
-    initrd = vm_guest.build_initramfs(os.path.join(workdir, "initrd.cpio"), kernel, workdir)
-    return Boot(kernel, initrd, workdir)
-
-
-@pytest.fixture(scope="module")
-def vm_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[fixtures_storage.GlusterVolume]:
-    why = fixtures_storage.gluster_missing()
-    if why:
-        pytest.skip(why)
-    with fixtures_storage.own_gluster_volume(str(tmp_path_factory.mktemp("vmbrick")), VOLUME_OPTIONS) as vol:
-        yield vol
-
-
-@contextlib.contextmanager
-def brick_stopped(vol: fixtures_storage.GlusterVolume) -> Iterator[Callable[[], float]]:
-    """SIGSTOP the brick; the yielded function SIGCONTs it and returns the monotonic time it did."""
-    pid = vol.brick_pid()
-    assert pid, "the brick is not running"
-    os.kill(pid, signal.SIGSTOP)
-    resumed: list[float] = []
-
-    def cont() -> float:
-        os.kill(pid, signal.SIGCONT)
-        resumed.append(time.monotonic())
-        return resumed[-1]
-
-    try:
-        yield cont
-    finally:
-        if not resumed:
-            os.kill(pid, signal.SIGCONT)
-
-
 # ------------------------------------------------------------------------------ hoststorage monitor -f
 
 
@@ -226,13 +172,13 @@ def mount_point(hs: Hs, tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def test_paused_on_an_io_error_is_resumed_when_the_brick_is_back_an_admins_pause_stays(
-    hs: Hs, boot: Boot, vm_volume: fixtures_storage.GlusterVolume, tmp_path: pathlib.Path,
+    hs: Hs, guest_boot: Boot, vm_volume: fixtures_storage.GlusterVolume, tmp_path: pathlib.Path,
 ) -> None:
     mnt = mount_point(hs, tmp_path)
     io_disk = vm_guest.Disk(vm_guest.make_image(str(mnt / "io.img")), "vda")
     admin_disk = vm_guest.Disk(vm_guest.make_image(str(mnt / "admin.img")), "vda")
-    with vm_guest.running("hs-io", boot.kernel, boot.initrd, [io_disk], boot.workdir) as io_vm, \
-            vm_guest.running("hs-adm", boot.kernel, boot.initrd, [admin_disk], boot.workdir) as admin_vm:
+    with guest_boot.run("hs-io", [io_disk]) as io_vm, \
+            guest_boot.run("hs-adm", [admin_disk]) as admin_vm:
         fixtures_libvirt.virsh("suspend", admin_vm.name)
         assert admin_vm.state() == "paused (user)"
         manifest = tmp_path / "all.yaml"
@@ -264,14 +210,14 @@ def test_paused_on_an_io_error_is_resumed_when_the_brick_is_back_an_admins_pause
 
 
 def test_a_vm_whose_other_disk_is_on_a_target_still_invalid_stays_paused(
-    hs: Hs, boot: Boot, vm_volume: fixtures_storage.GlusterVolume, tmp_path: pathlib.Path,
+    hs: Hs, guest_boot: Boot, vm_volume: fixtures_storage.GlusterVolume, tmp_path: pathlib.Path,
 ) -> None:
     mnt = mount_point(hs, tmp_path)
     local = hs.allowed / "local"
     local.mkdir()
     disks = [vm_guest.Disk(vm_guest.make_image(str(mnt / "two-a.img")), "vda"),
              vm_guest.Disk(vm_guest.make_image(str(local / "two-b.img")), "vdb")]
-    with vm_guest.running("hs-two", boot.kernel, boot.initrd, disks, boot.workdir) as vm:
+    with guest_boot.run("hs-two", disks) as vm:
         manifest = tmp_path / "all.yaml"
         manifest.write_text(connection(vm_volume) + monitor_doc("on-gl", "{connectionRef: {name: gl}}")
                             + monitor_doc("on-local", json.dumps({"hostPath": str(local)})))
@@ -301,11 +247,11 @@ def test_a_vm_whose_other_disk_is_on_a_target_still_invalid_stays_paused(
 
 
 def test_opt_out_leaves_the_vm_paused(
-    hs: Hs, boot: Boot, vm_volume: fixtures_storage.GlusterVolume, tmp_path: pathlib.Path,
+    hs: Hs, guest_boot: Boot, vm_volume: fixtures_storage.GlusterVolume, tmp_path: pathlib.Path,
 ) -> None:
     mnt = mount_point(hs, tmp_path)
     disk = vm_guest.Disk(vm_guest.make_image(str(mnt / "kept.img")), "vda")
-    with vm_guest.running("hs-kept", boot.kernel, boot.initrd, [disk], boot.workdir) as vm:
+    with guest_boot.run("hs-kept", [disk]) as vm:
         manifest = tmp_path / "all.yaml"
         manifest.write_text(connection(vm_volume)
                             + monitor_doc("kept", "{connectionRef: {name: gl}}", resumePausedVMs=False))
@@ -359,7 +305,7 @@ def fill(mnt: pathlib.Path, leave: int = 128 * 1024) -> pathlib.Path:
 
 
 def test_enospc_is_never_resumed_and_the_tracker_survives_a_libvirtd_restart(
-    boot: Boot, full_fs: pathlib.Path, libvirtd: str,
+    guest_boot: Boot, full_fs: pathlib.Path, libvirtd: str,
 ) -> None:
     # The probe first: the checker must be able to create it before the disk is full.
     rt_probe = checker.Checker()
@@ -369,8 +315,7 @@ def test_enospc_is_never_resumed_and_the_tracker_survives_a_libvirtd_restart(
         rt_probe.close()
     assert first is not None and first.ok, first
     image = vm_guest.make_image(str(full_fs / "grow.img"), 48)
-    with vm_guest.running("hs-nospc", boot.kernel, boot.initrd, [vm_guest.Disk(image, "vda")],
-                          boot.workdir) as vm:
+    with guest_boot.run("hs-nospc", [vm_guest.Disk(image, "vda")]) as vm:
         filler = fill(full_fs)  # the guest writes on into new blocks of its sparse image: ENOSPC
         vm.wait_state("paused (I/O error)", 120)
         # Found at start-up, by listing: the tracker starts after the pause.

@@ -19,8 +19,9 @@ import pytest
 from fixtures_libvirt import wait_for
 
 from controller import monitoring, vm_resume
-from hostlib import checker, errors, libvirt_domains
+from hostlib import checker, errors, libvirt_domains, libvirt_pools
 from reconcilers import domain_monitor as dmon
+from reconcilers import vm_resume as resume_policy
 
 
 class MemoryVms:
@@ -230,3 +231,51 @@ def test_resume_paused_vms_defaults_on_and_can_be_turned_off() -> None:
 def test_resume_paused_vms_must_be_a_boolean(value: object) -> None:
     with pytest.raises(errors.InvalidSpec, match=r"spec\.resumePausedVMs.*true or false"):
         dmon.parse(manifest(resumePausedVMs=value))
+
+
+class FlakyVms(MemoryVms):
+    """libvirt not answering for the first ``n`` listings (away, or not connected yet at start-up)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+        self.listings = 0
+
+    def list_paused(self) -> list[libvirt_domains.VmRecord]:
+        self.listings += 1
+        if self.listings <= self.n:
+            raise libvirt_pools.LibvirtUnavailable("libvirt qemu:///system is not reachable")
+        return super().list_paused()
+
+
+def test_a_batch_libvirt_cannot_list_yet_is_tried_again_later() -> None:
+    vms = FlakyVms(2)
+    vms.put(paused("v", "/mnt/a/v.img"))
+    views = {"a": resume_policy.MonitorView("a", "/mnt/a", "Healthy")}
+    batches: list[vm_resume.ResumeBatch] = []
+    r = vm_resume.Resumer(vms, lambda: views, registry=prometheus_client.CollectorRegistry(),
+                          on_batch=batches.append, retry_seconds=0.05)
+    r.start()
+    try:
+        r.trigger(resume_policy.Recovery("a", 1, time.time()))
+        wait_for(lambda: bool(batches), 5, "the batch after two failed listings")
+        assert vms.listings == 3 and vms.resumed == ["v"]
+        wait_for(r.idle, 5, "the resumer idle")
+    finally:
+        r.stop()
+
+
+def test_a_batch_that_never_lists_gives_up() -> None:
+    vms = FlakyVms(10**6)
+    vms.put(paused("v", "/mnt/a/v.img"))
+    views = {"a": resume_policy.MonitorView("a", "/mnt/a", "Healthy")}
+    r = vm_resume.Resumer(vms, lambda: views, registry=prometheus_client.CollectorRegistry(),
+                          retry_seconds=0.001)
+    r.start()
+    try:
+        r.trigger(resume_policy.Recovery("a", 1, time.time()))
+        wait_for(lambda: vms.listings > vm_resume.RETRIES and r.idle(), 10, "giving up")
+        time.sleep(0.1)
+        assert vms.listings == vm_resume.RETRIES + 1 and vms.resumed == []
+    finally:
+        r.stop()
