@@ -119,7 +119,9 @@ class Agent:
         self.metrics.watch_queue(self.queue.depth)
         self.metrics.watch_ready(self.ready.is_set)
         self.runtimes: dict[str, runtimes.Runtime] = {
-            kind: _runtime_factory(row.runtime)(self._enqueuer(kind), self.metrics.registry)
+            kind: _runtime_factory(row.runtime)(
+                self._enqueuer(kind), self.metrics.registry, host, self._notifier(kind)
+            )
             for kind, row in self.rows.items()
             if row.runtime
         }
@@ -138,6 +140,16 @@ class Agent:
     def stop_runtimes(self) -> None:
         for runtime in self.runtimes.values():
             runtime.stop()
+
+    def _notifier(self, kind: str) -> runtimes.Notify:
+        def notify(name: str, event: events.Event) -> None:
+            # A runtime's own news (a DomainMonitor's VM resume batch): an Event on the cached parent.
+            parent = self.parents.get((kind, name))
+            if parent is not None:
+                news = events.Event(event.type, event.reason, f"{self.node}: {event.message}")
+                events.post(self.api, parent, news, node=self.node)
+
+        return notify
 
     # ------------------------------------------------------------------ event intake (any thread)
 

@@ -7,7 +7,13 @@ First it makes the host match everything else the files declare (connections, po
     2026-11-25T11:20:03Z  gluster-data  Invalid  ReadTimeout  Read timeout
 
 (time, monitor name, state, reason, message). A monitor whose connection or pool is not there yet is
-printed as Pending and retried every few seconds. SIGTERM or SIGINT ends it cleanly (exit 0): the schedule
+printed as Pending and retried every few seconds. VMs paused on an I/O error are resumed when their
+storage turns Healthy again, as in the agent (unless every monitor has ``resumePausedVMs: false``, in
+which case libvirt is not even contacted), and each resume batch is one more line, with ``VMs`` in the
+state column and the Event reason the agent would post::
+
+    2026-11-25T11:21:40Z  gluster-data  VMs  VMsResumed  storage Healthy again; resumed 1 VM(s) ...
+ SIGTERM or SIGINT ends it cleanly (exit 0): the schedule
 stops, the check helpers are retired without waiting on hung storage. The monitors stay recorded in the
 ledger, as after ``apply`` (their targets stay InUse until ``hoststorage delete -f FILE``).
 
@@ -29,8 +35,8 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
-from controller import engine, manifests, monitoring, settings
-from hostlib import errors, ledger
+from controller import engine, manifests, monitoring, settings, vm_resume
+from hostlib import errors, ledger, libvirt_domains, libvirt_pools
 from reconcilers import domain_monitor as dmon
 from reconcilers import host as host_mod
 
@@ -40,6 +46,9 @@ RETRY_SECONDS = 5.0
 """How often monitors waiting for their connection or pool are resolved again."""
 
 USER_ERRORS = (engine.InputError,)
+
+Item = tuple[str, dmon.MonitorStatus, bool] | vm_resume.ResumeBatch | None
+"""What the runtime hands the main loop: a report, a resume batch, or None (stop)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +101,7 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
         print("hoststorage: no DomainMonitor to run", file=sys.stderr)
         return engine.EXIT_NOT_READY
 
-    events: queue.SimpleQueue[tuple[str, dmon.MonitorStatus, bool] | None] = queue.SimpleQueue()
+    events: queue.SimpleQueue[Item] = queue.SimpleQueue()
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -100,7 +109,11 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
         events.put(None)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    runtime = monitoring.MonitorRuntime(on_report=lambda n, st, t: events.put((n, st, t)))
+    vms = None
+    if any(s.resume_paused_vms for s in specs):
+        vms = libvirt_domains.DomainTracker(lambda: libvirt_pools.shared(conf.libvirt_uri))
+    runtime = monitoring.MonitorRuntime(on_report=lambda n, st, t: events.put((n, st, t)), vms=vms,
+                                        on_resume=events.put)
     runtime.start()
     try:
         _loop(runtime, specs, conf, events, stop, duration=args.duration)
@@ -128,7 +141,7 @@ def _ensure(runtime: monitoring.MonitorRuntime, specs: list[dmon.Spec], conf: se
 
 
 def _loop(runtime: monitoring.MonitorRuntime, specs: list[dmon.Spec], conf: settings.Settings,
-          events: queue.SimpleQueue[tuple[str, dmon.MonitorStatus, bool] | None], stop: threading.Event,
+          events: queue.SimpleQueue[Item], stop: threading.Event,
           *, duration: float | None) -> None:
     by_name = {s.name: s for s in specs}
     shown: dict[str, tuple[str, str]] = {}
@@ -153,6 +166,10 @@ def _loop(runtime: monitoring.MonitorRuntime, specs: list[dmon.Spec], conf: sett
             continue
         if item is None:
             break
+        if isinstance(item, vm_resume.ResumeBatch):
+            _event_type, reason, message = item.event()
+            _line(item.monitor, "VMs", reason, message)
+            continue
         name, st, transition = item
         if transition:
             _line(name, str(st.state), str(st.reason), st.message)

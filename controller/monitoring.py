@@ -14,6 +14,14 @@ call from other threads (the agent's event loop, API handlers): they only take a
 
 ``on_report(name, status, transition)`` runs in the scheduler thread; it must only hand the status over
 (enqueue a write, print a line), never do I/O that can block.
+
+VMs paused on an I/O error (VDSM's ``contEIOVms``): given ``vms`` (a
+:class:`hostlib.libvirt_domains.DomainTracker`), every monitor's status carries the VMs paused on an I/O
+error with a disk on its target (``pausedVMs`` in the detail block, a change is reported at once) and
+the gauge ``hoststorage_monitor_paused_vms``; and each entry of a monitor into Healthy whose
+``resumePausedVMs`` is on hands a :class:`reconcilers.vm_resume.Recovery` to a
+:class:`controller.vm_resume.Resumer`, whose own thread resumes the VMs the policy picks and calls
+``on_resume(batch)`` with the :class:`controller.vm_resume.ResumeBatch`.
 """
 
 from __future__ import annotations
@@ -32,9 +40,12 @@ from typing import Any
 
 import prometheus_client
 
-from hostlib import checker, errors
+from controller import vm_resume
+from hostlib import checker, errors, libvirt_domains, libvirt_pools
 from reconcilers import domain_monitor as dmon
 from reconcilers import status as status_mod
+from reconcilers import storage_pool
+from reconcilers import vm_resume as resume_policy
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +71,12 @@ class MonitorConfig:
     timeout: float = dmon.DEFAULT_INTERVAL
     thresholds: dmon.Thresholds = dataclasses.field(default_factory=dmon.Thresholds)
     report_interval: float = dmon.DEFAULT_REPORT_INTERVAL
+    resume_paused_vms: bool = True
 
     @classmethod
     def from_spec(cls, spec: dmon.Spec, request: checker.CheckRequest) -> MonitorConfig:
         return cls(spec.name, request, float(spec.interval), float(spec.timeout), spec.thresholds,
-                   float(spec.report_interval))
+                   float(spec.report_interval), spec.resume_paused_vms)
 
 
 @dataclasses.dataclass
@@ -81,6 +93,8 @@ class _Monitor:
     checks: int = 0
     children: Any = None
     """This monitor's metric children (labels() resolved once: it costs more than the check)."""
+    recoveries: int = 0
+    """Entries into Healthy (each one is a resume batch when resumePausedVMs is on)."""
 
 
 class Metrics:
@@ -112,13 +126,20 @@ class Metrics:
             "hoststorage_monitor_checks", "Check outcomes on this node.", ["result"], registry=registry,
         )
         self.outcomes = {kind: self.checks.labels(str(kind)) for kind in dmon.OutcomeKind}
+        self.paused_vms = prometheus_client.Gauge(
+            "hoststorage_monitor_paused_vms",
+            "VMs paused on an I/O error with a disk on the monitor's target.", ["monitor"], registry=registry,
+        )
 
-    def children(self, name: str) -> tuple[Any, Any, Any, Any]:
+    def children(self, name: str) -> tuple[Any, Any, Any, Any, Any]:
         return (self.read_delay.labels(name), self.valid.labels(name), self.last_check.labels(name),
-                self.blocked.labels(name))
+                self.blocked.labels(name), self.paused_vms.labels(name))
 
     def forget(self, name: str) -> None:
-        for metric in (self.read_delay, self.valid, self.last_check, self.blocked, self.threshold):
+        metrics = (
+            self.read_delay, self.valid, self.last_check, self.blocked, self.threshold, self.paused_vms
+        )
+        for metric in metrics:
             with contextlib.suppress(KeyError):
                 metric.remove(name)
 
@@ -134,6 +155,8 @@ class MonitorRuntime:
         registry: prometheus_client.CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        vms: vm_resume.VmSource | None = None,
+        on_resume: vm_resume.BatchCallback | None = None,
     ) -> None:
         self._on_report = on_report
         self._clock = clock
@@ -153,11 +176,20 @@ class MonitorRuntime:
         """Seconds each check was sent after its scheduled time (for the bench and the tests)."""
         self.last_loop = clock()
         """Monotonic time of the scheduler's last iteration: a liveness signal for /healthz."""
+        self.vms = vms
+        self.resumer: vm_resume.Resumer | None = None
+        if vms is not None:
+            self.resumer = vm_resume.Resumer(vms, self.monitor_views, registry=self.registry,
+                                             on_batch=on_resume, wall=wall, clock=clock)
+            vms.add_change_listener(self._vms_changed)
 
     # -- public, any thread --------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:
             return
+        if self.vms is not None and self.resumer is not None:
+            self.vms.start()
+            self.resumer.start()
         self._thread = threading.Thread(target=self._run, name="domain-monitor", daemon=True)
         self._thread.start()
 
@@ -168,6 +200,9 @@ class MonitorRuntime:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self.vms is not None and self.resumer is not None:
+            self.resumer.stop(timeout)
+            self.vms.stop(timeout)
         self._backend.close()
 
     def set(self, config: MonitorConfig) -> None:
@@ -198,6 +233,20 @@ class MonitorRuntime:
                 }
                 for name, m in self._monitors.items()
             }
+
+    def monitor_views(self) -> dict[str, resume_policy.MonitorView]:
+        """Every monitor's target, state and opt-out as they are now (for the resume policy)."""
+        with self._lock:
+            return {
+                name: resume_policy.MonitorView(name, m.config.request.target, str(m.status.state),
+                                                m.config.resume_paused_vms)
+                for name, m in self._monitors.items()
+            }
+
+    def _vms_changed(self) -> None:
+        with self._lock:
+            self._commands.append(("vms", None))
+        self._backend.wakeup()
 
     def healthy(self, max_lag: float = 5.0) -> bool:
         """The scheduler thread is alive and looping (it never waits longer than MAX_WAIT)."""
@@ -244,11 +293,17 @@ class MonitorRuntime:
         with self._lock:
             commands = list(self._commands)
             self._commands.clear()
+        paused_dirty = False
         for verb, arg in commands:
             if verb == "set":
                 self._set(arg, now)
+                paused_dirty = True
+            elif verb == "vms":
+                paused_dirty = True
             else:
                 self._remove(arg)
+        if paused_dirty:
+            self._update_paused()
 
     def _set(self, config: MonitorConfig, now: float) -> None:
         self._epoch += 1
@@ -279,6 +334,24 @@ class MonitorRuntime:
             first += SLOT * (zlib.crc32(config.name.encode()) % slots)
         m.next_tick = first
         self._push(first, m, "tick")
+
+    def _update_paused(self) -> None:
+        """Put the VMs paused on an I/O error into each monitor's status (reported when it changed)."""
+        if self.vms is None:
+            return
+        records = self.vms.records()
+        for m in list(self._monitors.values()):
+            paused = resume_policy.paused_on(m.config.request.target, records)
+            names = tuple(vm.name for vm in paused[: resume_policy.MAX_LISTED])
+            if (m.status.paused_vms, m.status.paused_vm_count) == (names, len(paused)):
+                continue
+            after = dataclasses.replace(m.status, paused_vms=names, paused_vm_count=len(paused))
+            with self._lock:
+                m.status = after
+            m.children[4].set(len(paused))
+            if m.checks:
+                # Before the first check there is nothing to report yet; the first result carries it.
+                self._report(m, after, dmon.is_transition(m.reported, after), self._wall())
 
     def _remove(self, name: str) -> None:
         with self._lock:
@@ -363,13 +436,21 @@ class MonitorRuntime:
             m.status = after
         name = m.config.name
         self.metrics.outcomes[outcome.kind].inc()
-        _, valid, last_check, blocked = m.children
+        _, valid, last_check, blocked, _ = m.children
         valid.set(1 if after.valid else 0)
         last_check.set(wall)
         blocked.set(outcome.blocked_seconds)
         transition = dmon.is_transition(m.reported, after)
         if transition:
             log.info("DomainMonitor/%s: %s (%s): %s", name, after.state, after.reason, after.message)
+        if after.state is dmon.State.HEALTHY and before.state is not dmon.State.HEALTHY:
+            m.recoveries += 1
+            if self.resumer is not None and m.config.resume_paused_vms:
+                self.resumer.trigger(resume_policy.Recovery(name, m.recoveries, wall))
+        self._report(m, after, transition, wall)
+
+    def _report(self, m: _Monitor, after: dmon.MonitorStatus, transition: bool, wall: float) -> None:
+        name = m.config.name
         if not dmon.report_due(m.reported, m.reported_at, after, wall, m.config.report_interval):
             return
         m.reported, m.reported_at = after, wall
@@ -409,6 +490,18 @@ def ensure(runtime: MonitorRuntime, spec: dmon.Spec, host: Any) -> status_mod.No
     current = runtime.status(spec.name) or dmon.MonitorStatus()
     # The runtime keeps checking on its own schedule: an Invalid domain is not a reason to retry here.
     return dataclasses.replace(dmon.result_for_status(spec.name, current), retry=False)
+
+
+def tracker_for(host: Any) -> libvirt_domains.DomainTracker:
+    """The VM tracker on the node's one libvirt connection (the StoragePools' layer), not started."""
+
+    def layer() -> libvirt_pools.PoolLayer:
+        pools = storage_pool.layer_for(host)
+        if not isinstance(pools, libvirt_pools.PoolLayer):
+            raise errors.Unsupported("VM resume needs the node's libvirt layer; this host has another")
+        return pools
+
+    return libvirt_domains.DomainTracker(layer)
 
 
 def record_probe(host: Any, spec: dmon.Spec, status: dmon.MonitorStatus) -> None:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import prometheus_client
 
-from controller import monitoring
+from controller import events, monitoring, vm_resume
 from reconcilers import domain_monitor as dmon
 from reconcilers import host as host_mod
 from reconcilers import status
@@ -43,18 +43,41 @@ class Runtime(Protocol):
     def snapshot(self) -> dict[str, Any]: ...
 
 
-Factory = Callable[[Callable[[str], None], prometheus_client.CollectorRegistry], Runtime]
-"""(enqueue a name, the agent's metrics registry) -> a Runtime (not started)."""
+Notify = Callable[[str, events.Event], None]
+"""(object name, Event) -> post that Event about the object; a runtime's own news (a resume batch)."""
+
+Factory = Callable[
+    [Callable[[str], None], prometheus_client.CollectorRegistry, host_mod.Host, Notify], Runtime
+]
+"""(enqueue a name, the agent's metrics registry, this node's host, post an Event) -> a Runtime (not
+started)."""
 
 
 class Monitors:
     """Every DomainMonitor of this node on :class:`controller.monitoring.MonitorRuntime`."""
 
-    def __init__(self, enqueue: Callable[[str], None], metrics: prometheus_client.CollectorRegistry) -> None:
+    def __init__(
+        self,
+        enqueue: Callable[[str], None],
+        metrics: prometheus_client.CollectorRegistry,
+        host: host_mod.Host,
+        notify: Notify,
+    ) -> None:
         self._enqueue = enqueue
+        self._notify = notify
         self._lock = threading.Lock()
         self._due: set[str] = set()
-        self.runtime = monitoring.MonitorRuntime(on_report=self._on_report, registry=metrics)
+        # VMs paused on an I/O error are resumed when their storage turns Healthy (VDSM's contEIOVms),
+        # through this node's one libvirt connection; a host without one has no VMs to resume.
+        vms = monitoring.tracker_for(host) if host.pools is not None else None
+        self.runtime = monitoring.MonitorRuntime(
+            on_report=self._on_report, registry=metrics, vms=vms, on_resume=self._on_resume
+        )
+
+    def _on_resume(self, batch: vm_resume.ResumeBatch) -> None:
+        # The resumer thread: one Event on the DomainMonitor per batch.
+        event_type, reason, message = batch.event()
+        self._notify(batch.monitor, events.Event(event_type, reason, message))
 
     def _on_report(self, name: str, st: dmon.MonitorStatus, transition: bool) -> None:
         # The scheduler thread: only record and enqueue.

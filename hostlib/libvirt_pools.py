@@ -10,8 +10,11 @@ status. The pieces:
 - :class:`PoolLayer` owns the connection to one URI: keepalive (a dead daemon is noticed within
   ``interval * (count + 1)`` seconds), a close callback that starts reconnecting with backoff, and after
   each reconnect a call to every ``on_reconnect`` listener so all pools are reconciled again. Pool
-  lifecycle and refresh events call every ``on_pool_event`` listener with the pool's name. Listeners run
-  in the event-loop thread or the reconnect thread: they must only enqueue work, never block.
+  lifecycle and refresh events call every ``on_pool_event`` listener with the pool's name; domain
+  lifecycle and I/O-error events (registered on every connection, so a reconnect re-registers them) call
+  every domain listener with a :class:`DomainEvent` (:mod:`hostlib.libvirt_domains` builds on them).
+  Listeners run in the event-loop thread or the reconnect thread: they must only enqueue work, never
+  block. :meth:`PoolLayer.call` lends the same bounded call to sibling modules of this layer.
 - :class:`PoolDefinition` is the typed pool: :func:`build_pool_xml` turns it into XML with
   ``xml.etree.ElementTree`` (never string concatenation, so a ``<`` or ``&`` in a field is data, not
   markup) and :func:`parse_pool_xml` reads libvirt's XML back into the same type for comparison.
@@ -345,10 +348,44 @@ ReconnectListener = Callable[[], None]
 
 
 @dataclasses.dataclass(frozen=True)
+class DomainEvent:
+    """One domain event as the layer hands it to listeners (built in the event-loop thread)."""
+
+    uuid: str
+    name: str
+    kind: str
+    """``lifecycle`` or ``io-error``."""
+    at: float
+    """Wall-clock time the event reached this process."""
+    event: int = -1
+    """lifecycle: ``VIR_DOMAIN_EVENT_*`` (SUSPENDED, RESUMED, STOPPED, ...)."""
+    detail: int = -1
+    """lifecycle: the event's detail (SUSPENDED_IOERROR, SUSPENDED_PAUSED, ...)."""
+    src_path: str = ""
+    """io-error: the failing disk's source path."""
+    dev_alias: str = ""
+    action: int = -1
+    """io-error: ``VIR_DOMAIN_EVENT_IO_ERROR_*`` (PAUSE, REPORT, NONE)."""
+    reason: str = ""
+    """io-error: qemu's reason, ``enospc``, ``eio``, ``eperm`` or ``eother``."""
+
+
+DomainEventListener = Callable[[DomainEvent], None]
+
+
+@dataclasses.dataclass(frozen=True)
 class Outage:
     since: float
     """Wall-clock time (``time.time()``) when the connection was lost or first failed."""
     error: str
+
+
+def _dispatch(listeners: list[Callable[[Any], None]], arg: Any, what: str) -> None:
+    for listener in listeners:
+        try:
+            listener(arg)
+        except Exception:
+            log.exception("libvirt event listener failed for %s", what)
 
 
 class PoolLayer:
@@ -371,8 +408,9 @@ class PoolLayer:
         self.backoff = backoff
         self._lock = threading.Lock()
         self._conn: Any = None
-        self._callback_ids: list[int] = []
+        self._callback_ids: list[tuple[str, int]] = []
         self._pool_listeners: list[PoolEventListener] = []
+        self._domain_listeners: list[DomainEventListener] = []
         self._reconnect_listeners: list[ReconnectListener] = []
         self._outage: Outage | None = Outage(time.time(), "not connected yet")
         self._kick = threading.Event()
@@ -397,10 +435,18 @@ class PoolLayer:
         with self._lock:
             self._reconnect_listeners.append(listener)
 
-    def remove_listener(self, listener: Callable[..., None]) -> None:
+    def add_domain_listener(self, listener: DomainEventListener) -> None:
+        """Called with a :class:`DomainEvent` on every domain lifecycle and I/O-error event (event-loop
+        thread: enqueue only). The events are registered on every connection, reconnects included."""
         with self._lock:
-            self._pool_listeners = [x for x in self._pool_listeners if x is not listener]
-            self._reconnect_listeners = [x for x in self._reconnect_listeners if x is not listener]
+            self._domain_listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[..., None]) -> None:
+        """Forget ``listener`` (compared by equality: a bound method read twice is two objects)."""
+        with self._lock:
+            self._pool_listeners = [x for x in self._pool_listeners if x != listener]
+            self._domain_listeners = [x for x in self._domain_listeners if x != listener]
+            self._reconnect_listeners = [x for x in self._reconnect_listeners if x != listener]
 
     # -- connection management ------------------------------------------------------------------------
 
@@ -438,10 +484,13 @@ class PoolLayer:
                 self._bounded("close", lambda: self._close_conn(conn, ids), timeout=5.0)
 
     @staticmethod
-    def _close_conn(conn: Any, ids: list[int]) -> None:
-        for cid in ids:
+    def _close_conn(conn: Any, ids: list[tuple[str, int]]) -> None:
+        for kind, cid in ids:
             with contextlib.suppress(libvirt.libvirtError):
-                conn.storagePoolEventDeregisterAny(cid)
+                if kind == "domain":
+                    conn.domainEventDeregisterAny(cid)
+                else:
+                    conn.storagePoolEventDeregisterAny(cid)
         with contextlib.suppress(libvirt.libvirtError):
             conn.unregisterCloseCallback()
         with contextlib.suppress(libvirt.libvirtError):
@@ -461,7 +510,7 @@ class PoolLayer:
     def _connect(self) -> None:
         abandoned = threading.Event()
 
-        def open_and_register() -> tuple[Any, list[int]]:
+        def open_and_register() -> tuple[Any, list[tuple[str, int]]]:
             conn = libvirt.open(self.uri)
             if abandoned.is_set():
                 # The caller gave up waiting (a hung daemon that came back late): this connection
@@ -473,12 +522,18 @@ class PoolLayer:
                 conn.setKeepAlive(*self.keepalive)
                 conn.registerCloseCallback(self._on_close, None)
                 ids = [
-                    conn.storagePoolEventRegisterAny(
+                    ("pool", conn.storagePoolEventRegisterAny(
                         None, libvirt.VIR_STORAGE_POOL_EVENT_ID_LIFECYCLE, self._on_lifecycle, None
-                    ),
-                    conn.storagePoolEventRegisterAny(
+                    )),
+                    ("pool", conn.storagePoolEventRegisterAny(
                         None, libvirt.VIR_STORAGE_POOL_EVENT_ID_REFRESH, self._on_refresh, None
-                    ),
+                    )),
+                    ("domain", conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_domain_lifecycle, None
+                    )),
+                    ("domain", conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._on_domain_io_error, None
+                    )),
                 ]
             except libvirt.libvirtError:
                 with contextlib.suppress(libvirt.libvirtError):
@@ -562,11 +617,7 @@ class PoolLayer:
             return
         with self._lock:
             listeners = list(self._pool_listeners)
-        for listener in listeners:
-            try:
-                listener(name)
-            except Exception:
-                log.exception("libvirt pool event listener failed for pool %s", name)
+        _dispatch(listeners, name, f"pool {name}")
 
     def _on_lifecycle(self, _conn: Any, pool: Any, event: int, _detail: int, _opaque: object) -> None:
         log.debug("libvirt pool event %s for %s", event, pool.name())
@@ -574,6 +625,25 @@ class PoolLayer:
 
     def _on_refresh(self, _conn: Any, pool: Any, _opaque: object) -> None:
         self._notify(pool)
+
+    def _notify_domain(self, dom: Any, kind: str, **fields: Any) -> None:
+        try:
+            # Both are answered from the client-side handle: no call to libvirtd in the event thread.
+            event = DomainEvent(str(dom.UUIDString()), str(dom.name()), kind, time.time(), **fields)
+        except libvirt.libvirtError:
+            return
+        with self._lock:
+            listeners = list(self._domain_listeners)
+        _dispatch(listeners, event, f"domain {event.name}")
+
+    def _on_domain_lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: object) -> None:
+        self._notify_domain(dom, "lifecycle", event=int(event), detail=int(detail))
+
+    def _on_domain_io_error(
+        self, _conn: Any, dom: Any, src_path: str, dev_alias: str, action: int, reason: str, _opaque: object
+    ) -> None:
+        self._notify_domain(dom, "io-error", src_path=str(src_path or ""), dev_alias=str(dev_alias or ""),
+                            action=int(action), reason=str(reason or ""))
 
     # -- bounded calls --------------------------------------------------------------------------------
 
@@ -622,6 +692,16 @@ class PoolLayer:
             if _is_no_pool(exc):
                 raise errors.NotFound(f"libvirt {what}: {exc.get_error_message()}") from exc
             raise failure(f"libvirt {what}: {exc.get_error_message()}") from exc
+
+    def call(
+        self, what: str, fn: Callable[[Any], T], *, failure: type[PoolOperationFailed] = PoolOperationFailed
+    ) -> T:
+        """``fn(conn)`` on this layer's connection, bounded, for sibling modules (domains).
+
+        A lost daemon raises :class:`LibvirtUnavailable` (and starts the reconnect), a timeout
+        :class:`errors.Timeout`, any other libvirt error ``failure`` with libvirt's message.
+        """
+        return self._call(what, fn, failure=failure)
 
     def _alive(self, conn: Any) -> bool:
         try:

@@ -38,7 +38,7 @@ RESULTS = status.Results(KIND, DETAIL_KEY, status.Phase.HEALTHY)
 subscribe = kind.no_host_events
 SPEC_FIELDS = (
     "nodeSelector", "deletionPolicy", "target", "probeFile", "intervalSeconds", "timeoutSeconds",
-    "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds",
+    "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds", "resumePausedVMs",
 )
 
 INTERVAL_RANGE = (1, 3600)
@@ -86,6 +86,8 @@ class Spec:
     timeout: float = DEFAULT_INTERVAL
     thresholds: Thresholds = Thresholds()
     report_interval: float = DEFAULT_REPORT_INTERVAL
+    resume_paused_vms: bool = True
+    """Resume VMs paused on an I/O error with a disk on the target when it turns Healthy (VDSM's way)."""
 
 
 def _parse_target(raw: object) -> Target:
@@ -126,6 +128,7 @@ def parse(obj: Mapping[str, Any]) -> Spec:
     interval = seconds("intervalSeconds", DEFAULT_INTERVAL, INTERVAL_RANGE)
     warn = raw.get("readDelayWarningSeconds")
     free = raw.get("freeSpaceWarningPercent")
+    resume_vms = spec.boolean(raw.get("resumePausedVMs"), "spec.resumePausedVMs", default=True)
     return Spec(
         name=meta.name,
         target=target,
@@ -143,6 +146,7 @@ def parse(obj: Mapping[str, Any]) -> Spec:
             None if free is None else spec.number(free, "spec.freeSpaceWarningPercent", low=0.0, high=100.0),
         ),
         report_interval=seconds("reportIntervalSeconds", DEFAULT_REPORT_INTERVAL, REPORT_INTERVAL_RANGE),
+        resume_paused_vms=resume_vms,
     )
 
 
@@ -215,6 +219,9 @@ class MonitorStatus:
     path: str = ""
     path_kind: str = ""
     blocked_seconds: float = 0.0
+    paused_vms: tuple[str, ...] = ()
+    """Names of the VMs paused on an I/O error with a disk on the target (the first few, sorted)."""
+    paused_vm_count: int = 0
 
     @property
     def valid(self) -> bool:
@@ -243,6 +250,8 @@ class MonitorStatus:
             out["pathKind"] = self.path_kind
         if self.seal:
             out["metadataChecksum"] = self.seal
+        if self.paused_vm_count:
+            out["pausedVMs"] = {"count": self.paused_vm_count, "names": list(self.paused_vms)}
         out.update(self.domain)
         return out
 
@@ -333,6 +342,8 @@ def report_due(
     if reported is None or reported_at is None:
         return True
     if is_transition(reported, current) or reported.domain != current.domain or reported.seal != current.seal:
+        return True
+    if (reported.paused_vms, reported.paused_vm_count) != (current.paused_vms, current.paused_vm_count):
         return True
     if now - reported_at < report_interval:
         return False

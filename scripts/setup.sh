@@ -32,6 +32,8 @@ test_packages=(
   libvirt-daemon-system libvirt-daemon-driver-storage-iscsi-direct libvirt-clients
   glusterfs-server glusterfs-client
   tgt libiscsi-bin
+  # the VM-resume tests' guest: TCG, Debian's cloud kernel (/boot/vmlinuz-*-cloud-amd64), busybox initramfs
+  qemu-system-x86 linux-image-cloud-amd64 busybox-static
   podman buildah debootstrap
   prometheus zsh
 )

@@ -3,6 +3,7 @@
 - ``fixtures_storage``: loop devices with ext4/xfs, glusterd with a volume on loopback, temp mount bases.
 - ``fixtures_libvirt``: libvirtd, tgtd iSCSI targets.
 - ``fixtures_kube``: the kmock API emulator, kubeconfig, agent/controller processes.
+- ``fixtures_vm``: real guests (cloud kernel, busybox initramfs, TCG) and their gluster volume.
 
 Every fixture that starts a daemon stops it again unless it found it already running; every fixture
 that makes a mount or loop device removes it even when the test failed.
@@ -14,7 +15,7 @@ import os
 
 import pytest
 
-pytest_plugins = ["fixtures_storage", "fixtures_libvirt", "fixtures_kube"]
+pytest_plugins = ["fixtures_storage", "fixtures_libvirt", "fixtures_kube", "fixtures_vm"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,7 +7,9 @@
 - ``tgt_target`` (function): a fresh iSCSI target on 127.0.0.1 with a unique tid and IQN, backed by a
   file LUN, optionally with a CHAP account; removed at teardown even when the test failed. tgtd is
   started (portal 127.0.0.1:3260) only when it is not running, and stopped only if started here.
-- ``virsh(*args)``: the independent witness, run with a timeout.
+- ``virsh(*args)``: the independent witness, run with a timeout; ``wait_for(cond, timeout, what)`` polls.
+- ``virtlogd`` (session) / ``virtlogd_running()``: libvirt's log daemon, which writes the serial-console
+  files of the VM tests' guests; started with ``virtlogd -d`` only when not running, stopped only then.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def libvirtd_answers(timeout: float = 5.0) -> bool:
     return proc.returncode == 0
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -82,7 +84,7 @@ def start_libvirtd() -> None:
     for d in ("/var/log/libvirt", "/run/libvirt"):
         os.makedirs(d, exist_ok=True)
     subprocess.run(["libvirtd", "-d"], check=True, timeout=30)
-    _wait_for(libvirtd_answers, 30, "libvirtd to answer")
+    wait_for(libvirtd_answers, 30, "libvirtd to answer")
 
 
 def stop_libvirtd() -> None:
@@ -98,7 +100,7 @@ def stop_libvirtd() -> None:
             return True
         return False
 
-    _wait_for(gone, 30, f"libvirtd pid {pid} to exit")
+    wait_for(gone, 30, f"libvirtd pid {pid} to exit")
 
 
 def restart_libvirtd(down_seconds: float = 0.0) -> float:
@@ -154,7 +156,7 @@ def tgtd() -> Iterator[None]:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        _wait_for(tgtd_answers, 20, "tgtd to answer")
+        wait_for(tgtd_answers, 20, "tgtd to answer")
     try:
         yield
     finally:
@@ -249,3 +251,35 @@ def layer(libvirtd: str) -> Iterator[libvirt_pools.PoolLayer]:
         yield lay
     finally:
         lay.close()
+
+
+# --------------------------------------------------------------------------------------------- virtlogd
+
+
+def virtlogd_pids() -> list[int]:
+    proc = subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True, text=True, check=False)
+    return [int(p) for p in proc.stdout.split()]
+
+
+@contextlib.contextmanager
+def virtlogd_running() -> Iterator[None]:
+    """virtlogd (libvirt's log daemon: it writes qemu's serial-console files); started only if not
+    running, and then stopped again."""
+    if virtlogd_pids():
+        yield
+        return
+    subprocess.run(["virtlogd", "-d"], check=True, timeout=30)
+    wait_for(lambda: bool(virtlogd_pids()) and os.path.exists("/run/libvirt/virtlogd-sock"), 30, "virtlogd")
+    pids = virtlogd_pids()
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+@pytest.fixture(scope="session")
+def virtlogd(libvirtd: str) -> Iterator[None]:
+    with virtlogd_running():
+        yield

@@ -30,6 +30,10 @@ Fixtures (all need root; they skip with the reason when the host cannot provide 
     session that uses it and only if a test session started it (a shared registry under
     /run/hoststorage-tests/glusterd, guarded by flock: several pytest runs share this machine's
     glusterd).
+
+``own_gluster_volume(brick_dir, options)`` (a context manager, for tests and benches that need a volume
+of their own with other options, e.g. the VM tests' ``performance.strict-o-direct on``) is the same volume
+life cycle; ``gluster_missing()`` says why this host cannot have one.
 """
 
 from __future__ import annotations
@@ -247,18 +251,31 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.fixture(scope="session")
-def gluster_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlusterVolume]:
-    _need_root()
+def gluster_missing() -> str | None:
+    """Why this host cannot run a gluster volume on loopback, or None."""
+    if os.geteuid() != 0:
+        return "needs root: mounts, loop devices and daemons are real here"
     if commands.which("glusterd") is None or commands.which("gluster") is None:
-        pytest.skip("glusterfs-server is not installed")
+        return "glusterfs-server is not installed"
     if not os.path.exists("/dev/fuse"):
-        pytest.skip("no /dev/fuse: gluster's FUSE client cannot mount here")
+        return "no /dev/fuse: gluster's FUSE client cannot mount here"
+    return None
+
+
+@contextlib.contextmanager
+def own_gluster_volume(brick_dir: str, options: dict[str, str] | None = None) -> Iterator[GlusterVolume]:
+    """A started one-brick volume ``hs<random>`` (glusterd shared through the registry), gone afterwards.
+
+    ``options`` are ``gluster volume set`` pairs on top of ``network.ping-timeout`` =
+    ``GLUSTER_PING_TIMEOUT`` (an option given there wins). Callers check :func:`gluster_missing` first.
+    """
     _acquire_glusterd()
-    vol = GlusterVolume(GLUSTER_SERVER, f"hs{secrets.token_hex(4)}", str(tmp_path_factory.mktemp("brick")))
+    vol = GlusterVolume(GLUSTER_SERVER, f"hs{secrets.token_hex(4)}", brick_dir)
     try:
         _gluster("volume", "create", vol.volume, f"{vol.server}:{vol.brick_dir}", "force")
-        _gluster("volume", "set", vol.volume, "network.ping-timeout", str(GLUSTER_PING_TIMEOUT))
+        settings = {"network.ping-timeout": str(GLUSTER_PING_TIMEOUT), **(options or {})}
+        for key, value in settings.items():
+            _gluster("volume", "set", vol.volume, key, value)
         _gluster("volume", "start", vol.volume)
         deadline = time.monotonic() + 30
         while vol.brick_pid() is None and time.monotonic() < deadline:
@@ -273,6 +290,15 @@ def gluster_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gluster
         _gluster("volume", "stop", vol.volume, "force", check=False)
         _gluster("volume", "delete", vol.volume, check=False)
         _release_glusterd()
+
+
+@pytest.fixture(scope="session")
+def gluster_volume(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GlusterVolume]:
+    missing = gluster_missing()
+    if missing:
+        pytest.skip(missing)
+    with own_gluster_volume(str(tmp_path_factory.mktemp("brick"))) as vol:
+        yield vol
 
 
 @contextlib.contextmanager

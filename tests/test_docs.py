@@ -46,7 +46,9 @@ def test_every_chart_value_the_docs_name_exists() -> None:
 
 def test_every_metric_the_troubleshooting_guide_names_is_exported() -> None:
     exported = (metrics.Metrics("agent").render()).decode()
-    monitoring_source = (ROOT / "controller" / "monitoring.py").read_text()
+    monitoring_source = "".join(
+        (ROOT / "controller" / f).read_text() for f in ("monitoring.py", "vm_resume.py")
+    )
     named = set(re.findall(r"`(hoststorage_[a-z_]+)", TEXT["troubleshooting.md"]))
     assert len(named) >= 8
     for name in sorted(named):

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from controller import agent, registry, runtimes
+from hostlib import config, ledger
+from reconcilers import host as host_mod
 from reconcilers import kind, status
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -87,8 +89,11 @@ def test_the_cluster_controller_process_loads_no_reconciler_host_layer_or_libvir
 
 
 @pytest.mark.parametrize("row", [r for r in registry.ROWS if r.runtime], ids=lambda r: r.kind)
-def test_a_rows_runtime_is_a_factory_the_agent_can_build(row: registry.Row) -> None:
-    runtime = agent._runtime_factory(row.runtime)(lambda name: None, prometheus_client.CollectorRegistry())
+def test_a_rows_runtime_is_a_factory_the_agent_can_build(row: registry.Row, tmp_path: pathlib.Path) -> None:
+    host = host_mod.Host(config.HostConfig(state_dir=str(tmp_path)), ledger.Ledger(str(tmp_path)))
+    runtime = agent._runtime_factory(row.runtime)(
+        lambda name: None, prometheus_client.CollectorRegistry(), host, lambda name, event: None
+    )
     assert all(
         callable(getattr(runtime, m)) for m in ("start", "stop", "ensure", "forget", "report_due", "healthy")
     )
