@@ -511,5 +511,5 @@ def record_probe(host: Any, spec: dmon.Spec, status: dmon.MonitorStatus) -> None
             resolved = dmon.resolve_target(spec, host)
         except errors.HostStorageError:
             return
-        dmon.record(host, spec, resolved, status.path)
+        dmon.record(host, spec, resolved, status.path, status.probe_id)
 

@@ -17,9 +17,15 @@ Operations (``op``):
   ``target``, else the probe file ``target/<probe>``, created once when ``create`` is set), confine it
   (realpath under ``root``), read 4 KiB with O_DIRECT and time that read, read the whole file when
   ``data`` is set (VDSM metadata, up to ``limit`` bytes), and ``statvfs(target)``.
-- ``remove``: unlink a probe file (confined under ``root``).
+  A probe file is created through :mod:`hostlib.fsops` (``O_CREAT|O_EXCL``, no link followed below
+  ``root``) and the answer carries its ``created`` (device, inode); a name that already exists is
+  never adopted (read, but no ``created``: nobody will remove it).
+- ``remove``: unlink a probe file through :mod:`hostlib.fsops`, only if it is still the one created
+  (``expect`` = the recorded device and inode); anything else at that name is a ``conflict`` answer and
+  nothing is removed. A link at any component below ``root`` is never followed.
 
-Only the standard library is imported here: the helper starts in tens of milliseconds.
+Only the standard library (and :mod:`hostlib.fsops`, itself standard library only) is imported here:
+the helper starts in tens of milliseconds.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from hostlib import errors, fsops
 
 BLOCK = 4096
 DEFAULT_LIMIT = 1024 * 1024
@@ -101,16 +109,16 @@ def _detect(target: str) -> tuple[str | None, list[str]]:
     return None, domains
 
 
-def _create_probe(path: str) -> None:
+def _create_probe(root: str, path: str) -> list[int] | None:
+    """Create the probe file (never adopting an existing name); its [device, inode], None if it existed."""
+    real_root = _real_root(root)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        made = fsops.create_file(real_root, fsops.relative(real_root, path), PROBE_HEADER.ljust(BLOCK, b"\n"))
     except FileExistsError:
-        return
-    try:
-        os.write(fd, PROBE_HEADER.ljust(BLOCK, b"\n"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return None
+    except errors.HostStorageError as exc:
+        raise CheckFailed("confine", exc.message) from None
+    return list(made)
 
 
 def _real_root(root: str) -> str:
@@ -225,9 +233,11 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
             path, kind = os.path.join(target, str(req.get("probe") or ".hoststorage-probe")), "probe"
             if req.get("create"):
                 try:
-                    _create_probe(path)
+                    created = _create_probe(root, path)
                 except OSError as exc:
                     raise _oserror("create", path, exc) from exc
+                if created is not None:
+                    out["created"] = created
     elif req.get("kind"):
         kind = str(req["kind"])
     want_data = bool(req.get("data")) or kind == "metadata"
@@ -246,14 +256,19 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
 
 def remove(req: dict[str, Any]) -> dict[str, Any]:
     path = str(req["path"])
-    real = _confine(str(req["root"]), path)
+    expect = req.get("expect")
+    if not (isinstance(expect, list) and len(expect) == 2 and all(isinstance(n, int) for n in expect)):
+        raise CheckFailed("refused", f"{path}: no recorded device and inode, so not known to be ours; left")
+    real_root = _real_root(str(req["root"]))
     try:
-        os.unlink(real)
-    except FileNotFoundError:
-        return {"kind": "absent"}
+        removed = fsops.remove(real_root, fsops.relative(real_root, path), expect=(expect[0], expect[1]))
+    except errors.Conflict as exc:
+        raise CheckFailed("conflict", exc.message) from None
+    except errors.HostStorageError as exc:
+        raise CheckFailed("confine", exc.message) from None
     except OSError as exc:
         raise _oserror("remove", path, exc) from exc
-    return {"kind": "removed"}
+    return {"kind": "removed" if removed else "absent"}
 
 
 _outbox: list[bytes] = []

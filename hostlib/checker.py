@@ -22,15 +22,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import re
 import selectors
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
+
+from hostlib import errors
 
 log = logging.getLogger(__name__)
 
@@ -135,9 +139,12 @@ class CheckResult:
     truncated: bool = False
     domains: tuple[str, ...] = ()
     stage: str = ""
-    """Where it failed: open, read, statvfs, detect, create, confine, helper."""
+    """Where it failed: open, read, statvfs, detect, create, confine, conflict, refused, helper."""
     error: str = ""
     errno: int | None = None
+    created: tuple[int, int] | None = None
+    """(device, inode) of the probe file this check created (None: it created nothing); what proves
+    the file is hoststorage's when it is removed later."""
 
     @classmethod
     def from_wire(cls, msg: dict[str, Any], started: float, finished: float) -> CheckResult:
@@ -158,7 +165,29 @@ class CheckResult:
             stage=str(msg.get("stage") or ""),
             error=str(msg.get("error") or ""),
             errno=msg.get("errno"),
+            created=_ident(msg.get("created")),
         )
+
+
+def _ident(value: object) -> tuple[int, int] | None:
+    if isinstance(value, list) and len(value) == 2 and all(type(n) is int for n in value):
+        return (value[0], value[1])
+    return None
+
+
+def probe_name(node: str) -> str:
+    """The probe file name of one node: several nodes check the same shared storage, and each must
+    create and remove only its own file (a shared name let one node's teardown remove another's).
+
+    ``.hoststorage-probe-<node>``: the node name as is when it is a short safe name, else its safe
+    characters (at most 40) and a hash of the whole name, so distinct nodes never share a name and the
+    result fits in any file system's 255-byte limit."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", node)
+    if not node:
+        safe = "unknown"
+    elif safe != node or len(safe) > 63:
+        safe = f"{safe[:40]}-{hashlib.sha256(node.encode('utf-8', 'surrogateescape')).hexdigest()[:12]}"
+    return f"{PROBE_NAME}-{safe}"
 
 
 class CheckBackend(Protocol):
@@ -337,15 +366,18 @@ class Checker:
                 if k == key:
                     return result
 
-    def remove_probe(self, root: str, path: str, *, timeout: float) -> bool | None:
-        """Unlink a probe file through a helper: True removed, False absent or refused, None no answer."""
+    def remove_probe(self, root: str, path: str, *, expect: tuple[int, int], timeout: float) -> bool | None:
+        """Unlink the probe file this host created (``expect``: its recorded device and inode) through a
+        helper: True removed, False absent, None no answer. Something else at that name raises
+        :class:`hostlib.errors.Conflict` (nothing removed); other refusals are logged and give False."""
         helper = self._helper_for_work(self._clock())
         if helper is None:
             return None
         self._next_id += 1
         rid = self._next_id
         key = ("remove", rid)
-        line = json.dumps({"id": rid, "op": "remove", "root": root, "path": path}) + "\n"
+        req = {"id": rid, "op": "remove", "root": root, "path": path, "expect": list(expect)}
+        line = json.dumps(req) + "\n"
         now = self._clock()
         helper.outbox.append((rid, line.encode()))
         helper.pending[rid] = (key, now, now + timeout)
@@ -354,6 +386,8 @@ class Checker:
         while (remaining := deadline - self._clock()) > 0:
             for k, result in self.wait(remaining):
                 if k == key:
+                    if not result.ok and result.stage == "conflict":
+                        raise errors.Conflict(result.error)
                     if not result.ok:
                         log.warning("cannot remove probe file %s: %s", path, result.error)
                     return result.ok and result.kind == "removed"

@@ -22,6 +22,7 @@ import enum
 import errno
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -199,6 +200,8 @@ class Outcome:
     blocked_seconds: float = 0.0
     path: str = ""
     path_kind: str = ""
+    probe_id: tuple[int, int] | None = None
+    """(device, inode) of the probe file this check created, if it created one."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,6 +225,8 @@ class MonitorStatus:
     paused_vms: tuple[str, ...] = ()
     """Names of the VMs paused on an I/O error with a disk on the target (the first few, sorted)."""
     paused_vm_count: int = 0
+    probe_id: tuple[int, int] | None = None
+    """(device, inode) of the probe file a check created (kept in the ledger; not reported)."""
 
     @property
     def valid(self) -> bool:
@@ -305,6 +310,7 @@ def next_status(prev: MonitorStatus, outcome: Outcome, thresholds: Thresholds, n
             last_check=now,
             path=outcome.path or prev.path,
             path_kind=outcome.path_kind or prev.path_kind,
+            probe_id=outcome.probe_id or prev.probe_id,
             blocked_seconds=0.0,
         )
     if outcome.kind is OutcomeKind.TIMEOUT:
@@ -323,6 +329,7 @@ def next_status(prev: MonitorStatus, outcome: Outcome, thresholds: Thresholds, n
         last_check=now,
         path=outcome.path or prev.path,
         path_kind=outcome.path_kind or prev.path_kind,
+        probe_id=outcome.probe_id or prev.probe_id,
         blocked_seconds=outcome.blocked_seconds,
     )
 
@@ -394,6 +401,7 @@ def outcome_from_result(result: checker.CheckResult) -> Outcome:
         metadata=md,
         path=result.path or "",
         path_kind=result.kind,
+        probe_id=result.created,
     )
 
 
@@ -427,13 +435,22 @@ def resolve_target(mon: Spec, host: host_mod.Host) -> Resolved:
     return Resolved(path, path, ((storage_pool.KIND, t.name),))
 
 
-def check_request(mon: Spec, resolved: Resolved, *, create_probe: bool) -> checker.CheckRequest:
-    """The first request for a monitor: an explicit probeFile, else detection in the helper."""
+def check_request(
+    mon: Spec, resolved: Resolved, *, create_probe: bool, probe: str = checker.PROBE_NAME
+) -> checker.CheckRequest:
+    """The first request for a monitor: an explicit probeFile, else detection in the helper (creating
+    the probe file ``probe`` when no domain is found)."""
     if mon.probe_file:
         return checker.CheckRequest(target=resolved.target, root=resolved.root,
                                     path=os.path.join(resolved.target, mon.probe_file), kind="file",
                                     create_probe=False)
-    return checker.CheckRequest(target=resolved.target, root=resolved.root, create_probe=create_probe)
+    return checker.CheckRequest(target=resolved.target, root=resolved.root, create_probe=create_probe,
+                                probe=probe)
+
+
+def probe_name(host: host_mod.Host) -> str:
+    """This node's probe file name (:func:`hostlib.checker.probe_name` of the node, else the host name)."""
+    return checker.probe_name(host.node_name or socket.gethostname())
 
 
 def followup_request(first: checker.CheckRequest, result: checker.CheckResult) -> checker.CheckRequest:
@@ -452,18 +469,27 @@ def followup_request(first: checker.CheckRequest, result: checker.CheckResult) -
 # ------------------------------------------------------------------------------------------- reconcile
 
 
-def _entry(mon: Spec, resolved: Resolved, probe: str) -> ledger.LedgerEntry:
+def _entry(mon: Spec, resolved: Resolved, probe: str, probe_id: tuple[int, int] | None) -> ledger.LedgerEntry:
     resource: dict[str, Any] = {"target": resolved.target, "root": resolved.root}
     if probe:
         resource["probeFile"] = probe
+    if probe and probe_id is not None:
+        resource["probeId"] = list(probe_id)
     if mon.deletion_policy != "Detach":
         resource["deletionPolicy"] = mon.deletion_policy
     return ledger.LedgerEntry(KIND, mon.name, mon.uid, resource, resolved.depends_on)
 
 
-def record(host: host_mod.Host, mon: Spec, resolved: Resolved, probe: str) -> bool:
-    """Put the monitor's ledger entry (target, probe file, depends_on); True when it changed."""
-    entry = _entry(mon, resolved, probe)
+def record(
+    host: host_mod.Host, mon: Spec, resolved: Resolved, probe: str, probe_id: tuple[int, int] | None = None
+) -> bool:
+    """Put the monitor's ledger entry (target, probe file, depends_on); True when it changed.
+
+    ``probe_id`` is the (device, inode) of a probe file hoststorage created: only then will teardown
+    remove it. None keeps the one recorded for the same probe file."""
+    if probe_id is None and probe and probe == recorded_probe(host, mon.name):
+        probe_id = recorded_probe_id(host, mon.name)
+    entry = _entry(mon, resolved, probe, probe_id)
     if host.ledger.get(KIND, mon.name) == entry:
         return False
     host.ledger.put(entry)
@@ -474,6 +500,18 @@ def recorded_probe(host: host_mod.Host, name: str) -> str:
     entry = host.ledger.get(KIND, name)
     probe = entry.resource.get("probeFile") if entry is not None else None
     return probe if isinstance(probe, str) else ""
+
+
+def recorded_probe_id(host: host_mod.Host, name: str) -> tuple[int, int] | None:
+    entry = host.ledger.get(KIND, name)
+    return _probe_id(entry.resource) if entry is not None else None
+
+
+def _probe_id(resource: Mapping[str, Any]) -> tuple[int, int] | None:
+    value = resource.get("probeId")
+    if isinstance(value, list) and len(value) == 2 and all(type(n) is int for n in value):
+        return (value[0], value[1])
+    return None
 
 
 _PHASES = {
@@ -504,7 +542,7 @@ def run_once(
 def first_request(mon: Spec, resolved: Resolved, host: host_mod.Host) -> checker.CheckRequest:
     """The request a monitor starts with: the probe file recorded earlier, else :func:`check_request`."""
     recorded = recorded_probe(host, mon.name)
-    request = check_request(mon, resolved, create_probe=not recorded)
+    request = check_request(mon, resolved, create_probe=not recorded, probe=probe_name(host))
     if recorded and not mon.probe_file:
         request = dataclasses.replace(request, path=recorded, kind="probe")
     return request
@@ -532,7 +570,7 @@ def reconcile(mon: Spec, host: host_mod.Host, *, dry_run: bool = False) -> statu
     else:
         outcome = outcome_from_result(result)
         if result.ok and result.kind == "probe" and result.path and result.path != probe_recorded:
-            changed = record(host, mon, resolved, result.path) or changed
+            changed = record(host, mon, resolved, result.path, result.created) or changed
     st = next_status(MonitorStatus(), outcome, mon.thresholds, now)
     return dataclasses.replace(result_for_status(mon.name, st), changed=changed)
 
@@ -546,12 +584,14 @@ def teardown(
 ) -> status.NodeResult:
     """Stop keeping the target InUse and remove the probe file hoststorage created (if reachable).
 
-    ``force`` changes nothing for monitors. ``dry_run`` changes nothing and lists the planned actions
-    (reason ``WouldDetach``)."""
-    del force
+    The probe file is removed only if it is still the one created (its recorded device and inode,
+    compared in the helper without following any link); anything else at its name is ``Conflict``,
+    nothing removed, and the entry stays until ``force`` forgets it (the host untouched). ``dry_run``
+    changes nothing and lists the planned actions (reason ``WouldDetach``)."""
 
     def prepare(entry: ledger.LedgerEntry) -> status.Undo:
         probe = entry.resource.get("probeFile")
+        probe_id = _probe_id(entry.resource)
         root = entry.resource.get("root")
         policy = (
             spec_or_entry.deletion_policy
@@ -560,14 +600,16 @@ def teardown(
         )
 
         def plan() -> list[actions.Action]:
-            if isinstance(probe, str) and probe:
+            if isinstance(probe, str) and probe and probe_id is not None:
                 return [actions.Action("unlink", f"remove the probe file {probe}", path=probe)]
             return []
 
         def run() -> tuple[bool, str]:
             message = "monitor removed"
-            if isinstance(probe, str) and probe and isinstance(root, str):
-                removed = _remove_probe(host, root, probe)
+            if isinstance(probe, str) and probe and probe_id is None:
+                message = f"monitor removed; probe file {probe} left in place (hoststorage did not create it)"
+            elif isinstance(probe, str) and probe and isinstance(root, str) and probe_id is not None:
+                removed = _remove_probe(host, root, probe, probe_id)
                 if removed is None:
                     # The storage does not answer; a 4 KiB probe left behind is harmless, a hung
                     # teardown is not.
@@ -582,13 +624,13 @@ def teardown(
             retained="deletionPolicy Retain: monitor removed, its probe file left in place",
         )
 
-    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run)
+    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run, force=force)
 
 
-def _remove_probe(host: host_mod.Host, root: str, probe: str) -> bool | None:
+def _remove_probe(host: host_mod.Host, root: str, probe: str, probe_id: tuple[int, int]) -> bool | None:
     one = host.checker()
     try:
-        return one.remove_probe(root, probe, timeout=10.0)
+        return one.remove_probe(root, probe, expect=probe_id, timeout=10.0)
     finally:
         one.close()
 

@@ -203,11 +203,17 @@ def teardown(
     prepare: Callable[[ledger.LedgerEntry], Undo],
     *,
     dry_run: bool = False,
+    force: bool = False,
 ) -> NodeResult:
     """The one teardown skeleton: nothing recorded -> Detached; a user left -> Detaching/InUse (even
-    with ``--force``: force is about busy mounts, never about hoststorage's own users); Retain (or a
-    ``keep_reason``) -> forget only; else undo, then forget. ``dry_run`` changes nothing, not even the
-    ledger, and answers Detaching with the plan and a ``Would*`` reason."""
+    with ``--force``: force never overrides hoststorage's own users); Retain (or a ``keep_reason``) ->
+    forget only; else undo, then forget. ``dry_run`` changes nothing, not even the ledger, and answers
+    Detaching with the plan and a ``Would*`` reason.
+
+    ``--force`` means "finish the teardown as far as is safe": a kind's undo lazily unmounts a busy mount,
+    and here an undo that finds its host object is no longer ours (``Conflict``: a symlink or someone
+    else's object where ours was) forgets the entry without touching the host (Detached, reason
+    ``Forgotten``). Without force a Conflict is TeardownFailed and the entry stays."""
     entry = host_ledger.get(results.kind, name)
     if entry is None:
         return results.make(name, Phase.DETACHED, "NotOwned", "nothing hoststorage made is recorded here")
@@ -223,6 +229,8 @@ def teardown(
         )
     try:
         undo = prepare(entry)
+    except errors.Conflict as exc:
+        return _conflict(results, name, host_ledger, exc, {}, force=force, dry_run=dry_run)
     except errors.HostStorageError as exc:
         return _failed(results, name, exc, {})
     forget = actions.Action("forget", f"remove {results.kind}/{name} from the ledger")
@@ -245,10 +253,37 @@ def teardown(
         changed, message = undo.run()
     except errors.InUse as exc:
         return results.make(name, Phase.DETACHING, exc.reason, exc.message, detail=undo.detail, retry=True)
+    except errors.Conflict as exc:
+        return _conflict(results, name, host_ledger, exc, undo.detail, force=force, dry_run=dry_run)
     except (errors.HostStorageError, OSError) as exc:
         return _failed(results, name, exc, undo.detail)
     host_ledger.remove(results.kind, name)
     return results.make(name, Phase.DETACHED, "Detached", message, detail=undo.detail, changed=changed)
+
+
+def _conflict(
+    results: Results,
+    name: str,
+    host_ledger: ledger.Ledger,
+    exc: errors.Conflict,
+    detail: Mapping[str, Any],
+    *,
+    force: bool,
+    dry_run: bool,
+) -> NodeResult:
+    """What hoststorage recorded is no longer ours on the host: never touched; forgotten with force."""
+    if not force:
+        message = f"{exc.message} (delete --force forgets this entry and leaves the host as it is)"
+        return results.make(name, Phase.TEARDOWN_FAILED, exc.reason, message, detail=detail, retry=True)
+    if dry_run:
+        forget = actions.Action("forget", f"remove {results.kind}/{name} from the ledger")
+        return results.make(
+            name, Phase.DETACHING, "WouldForget", f"dry run: {exc.message}; would forget it", detail=detail,
+            plan=[forget],
+        )
+    host_ledger.remove(results.kind, name)
+    message = f"{exc.message}; forgotten (--force), the host left as it is"
+    return results.make(name, Phase.DETACHED, "Forgotten", message, detail=detail, changed=True)
 
 
 def _failed(

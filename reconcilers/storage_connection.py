@@ -481,7 +481,7 @@ def teardown(
             ),
         )
 
-    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run)
+    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run, force=force)
 
 
 # ------------------------------------------------------------------------------------ status, seams

@@ -690,9 +690,9 @@ def teardown(
 ) -> status.NodeResult:
     """Stop and forget the pool (or only forget it with Retain); volumes and files always stay.
 
-    ``force`` changes nothing for pools (libvirt has no lazy destroy). ``dry_run`` changes nothing
+    ``force`` only forgets an entry whose pool is no longer ours (``Conflict``, see
+    :func:`reconcilers.status.teardown`; libvirt has no lazy destroy). ``dry_run`` changes nothing
     (libvirt or ledger) and lists the planned actions (reason ``WouldDetach`` or ``WouldRetain``)."""
-    del force
 
     def prepare(entry: ledger.LedgerEntry) -> status.Undo:
         policy = (
@@ -715,7 +715,7 @@ def teardown(
             retained="deletionPolicy Retain: the libvirt pool is left as it is, forgotten",
         )
 
-    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run)
+    return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run, force=force)
 
 
 # ----------------------------------------------------------------------------------- observe/resolve

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import prometheus_client
 import pytest
 
 from controller import monitoring
-from hostlib import checker, domain_metadata
+from hostlib import check_helper, checker, domain_metadata, errors, fsops
 from reconcilers import domain_monitor as dmon
 
 
@@ -160,9 +161,62 @@ def test_reads_stay_under_the_root(
 
 def test_remove_probe(chk: checker.Checker, tmp_path: pathlib.Path) -> None:
     r = chk.check(checker.CheckRequest(target=str(tmp_path)), timeout=5)
-    assert r is not None and r.path
-    assert chk.remove_probe(str(tmp_path), r.path, timeout=5) is True
-    assert chk.remove_probe(str(tmp_path), r.path, timeout=5) is False
+    assert r is not None and r.path and r.created == fsops.ident(os.lstat(r.path))
+    assert chk.remove_probe(str(tmp_path), r.path, expect=r.created, timeout=5) is True
+    assert chk.remove_probe(str(tmp_path), r.path, expect=r.created, timeout=5) is False
+
+
+def test_an_existing_probe_name_is_read_but_never_claimed(
+    chk: checker.Checker, tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / checker.PROBE_NAME).write_bytes(b"someone's file")
+    r = chk.check(checker.CheckRequest(target=str(tmp_path)), timeout=5)
+    assert r is not None and r.ok and r.kind == "probe" and r.created is None
+    assert (tmp_path / checker.PROBE_NAME).read_bytes() == b"someone's file"
+
+
+def test_remove_probe_of_a_link_planted_at_its_name_is_conflict_and_removes_nothing(
+    chk: checker.Checker, tmp_path: pathlib.Path
+) -> None:
+    image = tmp_path / "vm.img"
+    image.write_bytes(b"disk" * 1024)
+    before = (image.lstat().st_ino, image.read_bytes())
+    r = chk.check(checker.CheckRequest(target=str(tmp_path)), timeout=5)
+    assert r is not None and r.path and r.created is not None
+    os.unlink(r.path)
+    os.symlink(image, r.path)
+    with pytest.raises(errors.Conflict, match="nothing removed"):
+        chk.remove_probe(str(tmp_path), r.path, expect=r.created, timeout=5)
+    assert (image.lstat().st_ino, image.read_bytes()) == before
+    assert os.path.islink(r.path)
+
+
+def test_remove_probe_without_a_recorded_ident_is_refused(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "p").write_bytes(b"x")
+    with pytest.raises(check_helper.CheckFailed, match="not known to be ours"):
+        check_helper.remove({"root": str(tmp_path), "path": str(tmp_path / "p")})
+    assert (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize(
+    ("node", "expected"),
+    [
+        ("node-a", ".hoststorage-probe-node-a"),
+        ("n1.example.com", ".hoststorage-probe-n1.example.com"),
+        ("", ".hoststorage-probe-unknown"),
+    ],
+)
+def test_probe_name_is_the_node_name_when_it_is_safe(node: str, expected: str) -> None:
+    assert checker.probe_name(node) == expected
+
+
+@pytest.mark.parametrize("node", ["a/../b", "x" * 253, "nöde", "a b", "../..", "a\nb"])
+def test_probe_name_of_an_unsafe_or_long_node_is_bounded_safe_and_distinct(node: str) -> None:
+    name = checker.probe_name(node)
+    assert len(name.encode()) <= 80
+    assert re.fullmatch(r"[A-Za-z0-9._-]+", name) and "/" not in name
+    assert name != checker.probe_name(node + "x")
+    assert name.startswith(checker.PROBE_NAME + "-")
 
 
 def test_runtime_reports_once_per_transition_and_exports_metrics(tmp_path: pathlib.Path) -> None:

@@ -220,6 +220,7 @@ class FakeHost:
     config: FakeConfig
     ledger: ledger.Ledger
     checker: Any = None
+    node_name: str = "node-a"
 
 
 def test_host_path_outside_allowed_roots_is_invalid_spec(tmp_path: Any) -> None:

@@ -122,7 +122,7 @@ def test_localfs_host_path_is_healthy_and_teardown_removes_the_probe(host: host_
     spec = dmon.parse(manifest("local", {"hostPath": target}))
     result = dmon.reconcile(spec, host)
     assert (result.phase, result.ready, result.reason) == ("Healthy", True, "CheckSucceeded"), result.message
-    probe = os.path.join(target, checker.PROBE_NAME)
+    probe = os.path.join(target, dmon.probe_name(host))
     assert os.path.getsize(probe) == 4096
     assert result.detail["pathKind"] == "probe" and result.detail["totalBytes"] > 0
     entry = host.ledger.get("DomainMonitor", "local")
@@ -150,7 +150,7 @@ def test_posixfs_vdsm_domain_is_detected_and_its_metadata_reported(
         assert (detail["sdUUID"], detail["version"], detail["class"]) == (sd, "5", "Data")
         assert result.detail["metadataChecksum"] == "Ok"
     # Nothing created in a VDSM domain.
-    assert not os.path.exists(os.path.join(ext4_mount, checker.PROBE_NAME))
+    assert not os.path.exists(os.path.join(ext4_mount, dmon.probe_name(host)))
 
 
 def test_broken_seal_is_invalid(host: host_mod.Host, ext4_mount: str) -> None:
@@ -183,7 +183,7 @@ def test_host_path_symlink_out_of_the_allowed_root_is_refused(host: host_mod.Hos
     os.symlink(str(outside), os.path.join(allowed, "link"))
     result = dmon.reconcile(dmon.parse(manifest("lnk", {"hostPath": os.path.join(allowed, "link")})), host)
     assert (result.phase, result.reason) == ("Invalid", "PathOutsideTarget")
-    assert not (outside / checker.PROBE_NAME).exists()
+    assert not (outside / dmon.probe_name(host)).exists()
 
 
 def test_disk_filled_is_degraded(host: host_mod.Host, ext4_mount: str) -> None:

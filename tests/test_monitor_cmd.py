@@ -7,12 +7,15 @@ import pathlib
 import re
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
 from typing import Any
 
 import pytest
+
+from hostlib import checker
 
 pytestmark = [pytest.mark.host]
 
@@ -117,7 +120,7 @@ def test_monitor_connects_first_prints_transitions_and_stops_on_sigterm(tmp_path
         # The connection was made before the monitors ran: its link exists under the mount base.
         assert any(p.is_symlink() for p in (state / "mnt").iterdir())
         # A fault shows up as one more line: the probe of on-path disappears.
-        os.unlink(allowed / "dir" / ".hoststorage-probe")
+        os.unlink(allowed / "dir" / checker.probe_name(socket.gethostname()))
         more = read_lines(proc, lambda ls: any(x[1] == "on-path" for x in ls), 10)
         assert [x[2:4] for x in more if x[1] == "on-path"] == [("Invalid", "TargetMissing")]
         helpers = children(proc.pid)

@@ -23,6 +23,7 @@ import pathlib
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -224,7 +225,7 @@ def test_a_vm_whose_other_disk_is_on_a_target_still_invalid_stays_paused(
         hs.monitor(manifest)
         hs.wait_line(state_is("on-gl", "Healthy"), 30, "on-gl Healthy")
         start, _ = hs.wait_line(state_is("on-local", "Healthy"), 30, "on-local Healthy")
-        probe = local / checker.PROBE_NAME
+        probe = local / checker.probe_name(socket.gethostname())
         with brick_stopped(vm_volume) as cont:
             vm.wait_state("paused (I/O error)", PAUSE_TIMEOUT)
             # The second target fails too (its probe vanishes): Invalid.
