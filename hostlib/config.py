@@ -56,6 +56,11 @@ class HostConfig:
         )
 
     @property
+    def own_dirs(self) -> tuple[str, ...]:
+        """hoststorage's own directories: no host path a spec names may be, hold or lie in them."""
+        return (self.state_dir, self.mount_base)
+
+    @property
     def host_scope(self) -> bool:
         if self.use_host_scope is not None:
             return self.use_host_scope

@@ -286,6 +286,7 @@ def validate(params: Params, host: HostConfig) -> None:
                 "no allowed host paths are configured on this host (--allowed-host-path)", field=f
             )
         real = os.path.realpath(path)
+        paths.refuse_own_dirs(path, host.own_dirs, field=f)
         if not any(paths.is_under(os.path.realpath(root), real) for root in host.allowed_host_paths):
             raise errors.InvalidSpec(
                 f"{path!r} resolves to {real!r}, outside the allowed host paths "

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from hostlib import errors
+from hostlib import errors, fsops
 
 log = logging.getLogger(__name__)
 
@@ -912,6 +912,32 @@ def preflight(pool_type: str, source_format: str | None = None) -> None:
 
 _shared_lock = threading.Lock()
 _shared: dict[str, PoolLayer] = {}
+
+
+def make_dir_target(root: str, path: str) -> fsops.Ident:
+    """Create the directory a dir pool hands to libvirt (and each missing parent) below the allowed
+    ``root`` through :mod:`hostlib.fsops`, no link followed; returns the (device, inode) of the
+    directory as checked. An existing directory is used as it is (a dir pool serves an admin's
+    directory; its data is never ours), but it must be reached without a symlink: else Conflict.
+
+    libvirt acts on the path string (its build follows links), so the caller verifies with
+    :func:`check_dir_target` after libvirt has acted (issue 9, class 6)."""
+    rel = fsops.relative(root, path)
+    fsops.makedirs(root, rel)
+    with fsops.directory(root, rel) as fd:
+        return fsops.ident(os.fstat(fd))
+
+
+def check_dir_target(root: str, path: str, expect: fsops.Ident) -> None:
+    """Conflict unless ``root/path`` is still the directory :func:`make_dir_target` checked (reached
+    without a link, same device and inode)."""
+    with fsops.directory(root, fsops.relative(root, path)) as fd:
+        got = fsops.ident(os.fstat(fd))
+    if got != expect:
+        raise errors.Conflict(
+            f"{path} is no longer the directory hoststorage checked (device:inode {got[0]}:{got[1]}, "
+            f"checked {expect[0]}:{expect[1]})"
+        )
 
 
 def shared(uri: str) -> PoolLayer:

@@ -175,6 +175,24 @@ def is_under(root: str, path: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def refuse_own_dirs(path: str, own: tuple[str, ...], *, field: str | None = None) -> None:
+    """InvalidSpec when the host path ``path`` is, contains or lies inside one of hoststorage's own
+    directories ``own`` (the state dir and the mount base: ``HostConfig.own_dirs``).
+
+    A localfs link, a dir pool or a hostPath monitor there would hand hoststorage's ledger and lock to
+    libvirt as pool volumes, put probe files beside them, or let a pool's volumes shadow mount points
+    (issue 9, class 5). Compared both as written and resolved (either may go through a symlink)."""
+    for d in own:
+        for a in dict.fromkeys((os.path.normpath(path), os.path.realpath(path))):
+            for b in dict.fromkeys((os.path.normpath(d), os.path.realpath(d))):
+                if is_under(b, a) or is_under(a, b):
+                    how = "is" if a == b else ("lies inside" if is_under(b, a) else "contains")
+                    raise errors.InvalidSpec(
+                        f"{path!r} {how} hoststorage's own directory {d!r} (state dir or mount base)",
+                        field=field,
+                    )
+
+
 def ensure_under(root: str, path: str, *, field: str | None = None) -> str:
     """Resolve ``path`` (symlinks included) and return it if it is ``root`` or below; else InvalidSpec.
 

@@ -427,6 +427,7 @@ def resolve_target(mon: Spec, host: host_mod.Host) -> Resolved:
             allowed = ", ".join(host.config.allowed_host_paths) or "none configured"
             raise errors.InvalidSpec(f"{t.path!r} is not under an allowed host path ({allowed})",
                                      field="spec.target.hostPath")
+        paths.refuse_own_dirs(t.path, host.config.own_dirs, field="spec.target.hostPath")
         return Resolved(t.path, roots[0])
     if t.kind is TargetKind.CONNECTION:
         path = storage_connection.require(host, t.name, t.path or None)

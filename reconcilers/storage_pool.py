@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hostlib import actions, errors, ledger, libvirt_pools, paths
+from hostlib import actions, errors, fsops, ledger, libvirt_pools, paths
 from reconcilers import host as host_mod
 from reconcilers import kind, selector, spec, status, storage_connection
 
@@ -286,15 +286,17 @@ def secret_usage(libvirt_name: str) -> str:
     return f"{libvirt_pools.SECRET_USAGE_PREFIX}{libvirt_name}"
 
 
-def _confine_dir(path: str, host: host_mod.Host, field: str) -> str:
+def _confine_dir(path: str, host: host_mod.Host, field: str) -> tuple[str, str]:
+    """(the resolved path, the resolved allowed root it lies under); InvalidSpec otherwise."""
     roots = host.config.allowed_host_paths
     if not roots:
         raise errors.InvalidSpec(
             "dir pools need an allowed host path (--allowed-host-path); none is configured", field=field
         )
+    paths.refuse_own_dirs(path, host.config.own_dirs, field=field)
     for root in roots:
         try:
-            return paths.ensure_under(root, path, field=field)
+            return paths.ensure_under(root, path, field=field), os.path.realpath(root)
         except errors.InvalidSpec:
             continue
     raise errors.InvalidSpec(f"{path!r} is not under an allowed host path ({', '.join(roots)})", field=field)
@@ -318,6 +320,9 @@ class Desired:
     """(username, password) for iscsi-direct CHAP; never logged or reported."""
     depends_on: tuple[tuple[str, str], ...] = ()
     owned_paths: tuple[str, ...] = ()
+    dir_root: str = ""
+    """A dir pool on an allowed host path: the (resolved) allowed root. hoststorage then makes the
+    target directory itself through :mod:`hostlib.fsops` and verifies it after libvirt acted."""
 
 
 def desired_definition(pool: PoolSpec, host: host_mod.Host) -> Desired:
@@ -332,8 +337,8 @@ def desired_definition(pool: PoolSpec, host: host_mod.Host) -> Desired:
             depends_on=(("StorageConnection", src.name),),
         )
     if isinstance(src, DirSource):
-        path = _confine_dir(src.path, host, "spec.dir.path")
-        return Desired(libvirt_pools.PoolDefinition(name=name, type="dir", target_path=path))
+        path, root = _confine_dir(src.path, host, "spec.dir.path")
+        return Desired(libvirt_pools.PoolDefinition(name=name, type="dir", target_path=path), dir_root=root)
     if isinstance(src, FsSource):
         device = _check_device(src.device, "spec.fs.device")
         target = paths.confine(host.config.mount_base, f"{POOLS_SUBDIR}/{name}")
@@ -470,7 +475,13 @@ def plan(
     return out
 
 
-def _record(pool: PoolSpec, host: host_mod.Host, desired: Desired, uuid: str | None) -> None:
+def _record(
+    pool: PoolSpec,
+    host: host_mod.Host,
+    desired: Desired,
+    uuid: str | None,
+    target_id: fsops.Ident | None = None,
+) -> None:
     resource: dict[str, Any] = {
         "libvirtName": pool.libvirt_name,
         "type": desired.definition.type,
@@ -483,6 +494,8 @@ def _record(pool: PoolSpec, host: host_mod.Host, desired: Desired, uuid: str | N
         resource["secretUsage"] = desired.definition.auth_secret_usage
     if desired.owned_paths:
         resource["paths"] = list(desired.owned_paths)
+    if target_id is not None:
+        resource["targetId"] = list(target_id)
     host.ledger.put(ledger.LedgerEntry(KIND, pool.name, pool.uid, resource, tuple(desired.depends_on)))
 
 
@@ -578,8 +591,9 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
             # The libvirt name changed: the old pool is ours; stop and forget it before taking the new one.
             _teardown_entry(entry, host, layer)
             changed = True
+        target_id = _dir_target(desired, entry)
         # Intent first: a crash between define and the ledger write must not orphan an unowned pool.
-        _record(pool, host, desired, observed.uuid if observed else None)
+        _record(pool, host, desired, observed.uuid if observed else None, target_id)
         if desired.chap is not None and desired.definition.auth_secret_usage:
             changed |= layer.set_secret(
                 desired.definition.auth_secret_usage,
@@ -587,13 +601,15 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
                 desired.chap[1],
             )
         changed |= _apply(pool, layer, definition, planned)
+        if target_id is not None:
+            _verify_dir_target(pool, host, layer, desired, target_id)
         old_usage = entry.resource.get("secretUsage") if entry is not None else None
         if isinstance(old_usage, str) and old_usage and old_usage != desired.definition.auth_secret_usage:
             # CHAP dropped from the spec (or the pool renamed): the old secret is ours and unused now.
             changed |= layer.undefine_secret(old_usage)
         # Nothing done: what we observed is still the truth (a resync of a converged pool costs one observe).
         after = layer.observe(name) if planned or changed else observed
-        _record(pool, host, desired, after.uuid if after else None)
+        _record(pool, host, desired, after.uuid if after else None, target_id)
     except errors.HostStorageError as exc:
         detail = base_detail
         with contextlib.suppress(errors.HostStorageError):
@@ -602,6 +618,51 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
                 detail = now.to_detail()
         return RESULTS.error(pool.name, exc, detail=detail, changed=changed)
     return _observed_result(pool.name, after, changed=changed, planned=planned)
+
+
+def _recorded_target_id(entry: ledger.LedgerEntry | None) -> fsops.Ident | None:
+    value = entry.resource.get("targetId") if entry is not None else None
+    if isinstance(value, list) and len(value) == 2 and all(type(n) is int for n in value):
+        return (value[0], value[1])
+    return None
+
+
+def _dir_target(desired: Desired, entry: ledger.LedgerEntry | None) -> fsops.Ident | None:
+    """A dir pool's directory, made (or found) by hoststorage before libvirt sees it: its ident.
+
+    The one recorded by an earlier run must still be there (Conflict otherwise); a new one is made
+    through :mod:`hostlib.fsops` (no link followed below the allowed root)."""
+    if not desired.dir_root:
+        return None
+    path = desired.definition.target_path or ""
+    recorded = _recorded_target_id(entry)
+    if recorded is not None and entry is not None and entry.resource.get("targetPath") == path:
+        libvirt_pools.check_dir_target(desired.dir_root, path, recorded)
+        return recorded
+    return libvirt_pools.make_dir_target(desired.dir_root, path)
+
+
+def _verify_dir_target(
+    pool: PoolSpec, host: host_mod.Host, layer: host_mod.Pools, desired: Desired, target_id: fsops.Ident
+) -> None:
+    """After libvirt acted on the path string: the directory must be the one checked (issue 9, class 6).
+
+    If it is not (swapped for a link between the check and libvirt's build), libvirt may now serve a
+    directory outside every allowed root: the pool hoststorage made is destroyed and undefined, its
+    entry dropped, and Conflict raised."""
+    try:
+        libvirt_pools.check_dir_target(desired.dir_root, desired.definition.target_path or "", target_id)
+    except errors.Conflict as exc:
+        with contextlib.suppress(errors.HostStorageError):
+            now = layer.observe(pool.libvirt_name)
+            if now is not None:  # the pool just defined is claimed by its UUID, then undone
+                _record(pool, host, desired, now.uuid, target_id)
+        entry = host.ledger.get(KIND, pool.name)
+        if entry is not None:
+            with contextlib.suppress(errors.HostStorageError):
+                _teardown_entry(entry, host, layer)
+        why = f"{exc.message}: libvirt pool {pool.libvirt_name} destroyed and undefined"
+        raise errors.Conflict(why) from None
 
 
 # ------------------------------------------------------------------------------------------ teardown

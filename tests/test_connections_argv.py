@@ -474,6 +474,20 @@ def test_localfs_symlink_escape_is_refused(host: config.HostConfig, tmp_path: pa
         )
 
 
+@pytest.mark.parametrize("own", ["state", "mnt", "inside-state", "holds-both"])
+def test_localfs_on_hoststorage_own_dirs_is_refused(
+    host: config.HostConfig, tmp_path: pathlib.Path, own: str
+) -> None:
+    """State dir and mount base under an allowed path: a localfs path that is, holds or lies in them."""
+    allowed = tmp_path / "allowed"
+    cfg = dataclasses.replace(host, state_dir=str(allowed / "hs"), mount_base=str(allowed / "hs" / "mnt"))
+    path = {"state": allowed / "hs", "mnt": allowed / "hs" / "mnt", "inside-state": allowed / "hs" / "x",
+            "holds-both": allowed}[own]  # fmt: skip
+    with pytest.raises(errors.InvalidSpec, match="hoststorage's own directory") as info:
+        connections.make_connection("l", connections.LocalfsParams(str(path)), cfg)
+    assert info.value.field == "spec.localfs.path"
+
+
 def test_localfs_needs_allowed_paths(host: config.HostConfig) -> None:
     cfg = dataclasses.replace(host, allowed_host_paths=())
     with pytest.raises(errors.InvalidSpec, match="no allowed host paths"):

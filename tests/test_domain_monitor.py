@@ -211,6 +211,7 @@ def test_blocked_messages_refresh_at_most_once_per_report_interval() -> None:
 @dataclasses.dataclass
 class FakeConfig:
     allowed_host_paths: tuple[str, ...] = ("/srv/allowed",)
+    own_dirs: tuple[str, ...] = ("/srv/allowed/state", "/srv/allowed/state/mnt")
 
 
 @dataclasses.dataclass
@@ -221,6 +222,14 @@ class FakeHost:
     ledger: ledger.Ledger
     checker: Any = None
     node_name: str = "node-a"
+
+
+@pytest.mark.parametrize("path", ["/srv/allowed", "/srv/allowed/state", "/srv/allowed/state/mnt/x"])
+def test_host_path_that_is_holds_or_lies_in_the_state_dir_is_invalid_spec(tmp_path: Any, path: str) -> None:
+    host = FakeHost(FakeConfig(), ledger.Ledger(str(tmp_path)))
+    result = dmon.reconcile(dmon.parse(manifest({"target": {"hostPath": path}})), host)
+    assert (result.phase, result.reason) == ("Failed", "InvalidSpec")
+    assert "hoststorage's own directory" in result.message and host.ledger.entries() == []
 
 
 def test_host_path_outside_allowed_roots_is_invalid_spec(tmp_path: Any) -> None:

@@ -240,3 +240,31 @@ def test_confine_on_storage_reports_hung_storage_as_a_timeout() -> None:
 
     with pytest.raises(errors.Timeout, match="does not answer"):
         paths.confine_on_storage("/mnt/x", "a", runner=hung)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("rel", "how"),
+    [
+        ("state", "is"),  # the state dir itself
+        ("state/ledger-dir", "lies inside"),
+        ("state/mnt/x", "lies inside"),  # inside the mount base
+        ("", "contains"),  # the parent of both
+        ("link-to-state", "is"),  # a symlink to the state dir, resolved
+        ("link-to-state/mnt", "lies inside"),
+    ],
+)
+def test_a_host_path_that_is_holds_or_lies_in_an_own_dir_is_invalid(
+    tmp_path: pathlib.Path, rel: str, how: str
+) -> None:
+    (tmp_path / "state" / "mnt").mkdir(parents=True)
+    (tmp_path / "link-to-state").symlink_to(tmp_path / "state")
+    own = (str(tmp_path / "state"), str(tmp_path / "state" / "mnt"))
+    with pytest.raises(errors.InvalidSpec, match=f"{how} hoststorage's own directory") as info:
+        paths.refuse_own_dirs(str(tmp_path / rel) if rel else str(tmp_path), own, field="spec.x")
+    assert info.value.field == "spec.x"
+
+
+@pytest.mark.parametrize("rel", ["data", "statex", "stat", "data/state"])
+def test_a_sibling_of_the_own_dirs_is_fine(tmp_path: pathlib.Path, rel: str) -> None:
+    (tmp_path / "state").mkdir()
+    paths.refuse_own_dirs(str(tmp_path / rel), (str(tmp_path / "state"),))
