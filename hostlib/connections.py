@@ -31,7 +31,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from hostlib import actions, commands, errors, iscsi, mounts, paths
+from hostlib import actions, commands, errors, fsops, iscsi, mounts, paths
 from hostlib.config import HostConfig
 
 log = logging.getLogger(__name__)
@@ -376,9 +376,17 @@ class MountConnection:
         self.options = options
         self.mount_point = mount_point
         self.prefix = prefix
+        self.owned_id: fsops.Ident | None = None
+        """(device, inode) of the mount point directory hoststorage created (set by :meth:`connect`, or
+        from the ledger before :meth:`disconnect`); only that directory is ever removed."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.source} on {self.mount_point}>"
+
+    def _rel(self) -> tuple[str, str]:
+        """(the mount base as resolved, the mount point relative to it): what fsops works below."""
+        root = os.path.realpath(self.host.mount_base)
+        return root, fsops.relative(root, self.mount_point)
 
     def target(self) -> str:
         return self.mount_point
@@ -448,16 +456,26 @@ class MountConnection:
         return plan
 
     def _recheck_mount_point(self) -> None:
-        # The base may have changed since construction (a symlink planted in it): check again.
+        # The base may have changed since construction (a symlink planted in it): check again. The
+        # parents are made through fsops, so a link planted in the base is Conflict, never followed.
+        root = os.path.realpath(self.host.mount_base)
+        os.makedirs(root, mode=0o755, exist_ok=True)
+        fsops.makedirs(root, os.path.dirname(self._rel()[1]))
         parent = os.path.dirname(self.mount_point)
-        os.makedirs(parent, mode=0o755, exist_ok=True)
         real_parent = os.path.realpath(parent)
         if real_parent != parent:
-            raise errors.InvalidSpec(
-                f"{parent} resolves to {real_parent}: refusing to mount through a symlink"
-            )
+            raise errors.Conflict(f"{parent} resolves to {real_parent}: refusing to mount through a symlink")
         if os.path.islink(self.mount_point):
             raise errors.Conflict(f"{self.mount_point} is a symlink: refusing to mount on it")
+
+    def _mkdir(self) -> bool:
+        """Create the mount point through fsops (True, its ident kept) or find one there (False)."""
+        root, rel = self._rel()
+        try:
+            self.owned_id = fsops.mkdir(root, rel, mode=0o755)
+        except FileExistsError:
+            return False
+        return True
 
     def connect(self) -> bool:
         observed = self.observe()
@@ -467,12 +485,7 @@ class MountConnection:
         if observed.conflict:
             raise errors.Conflict(observed.conflict)
         self._recheck_mount_point()
-        created = False
-        try:
-            os.mkdir(self.mount_point, 0o755)
-            created = True
-        except FileExistsError:
-            pass
+        created = self._mkdir()
         try:
             self._mount()
         except BaseException:
@@ -529,10 +542,16 @@ class MountConnection:
             )
 
     def _rmdir(self) -> bool:
-        try:
-            os.rmdir(self.mount_point)
-        except FileNotFoundError:
+        """Remove the mount point if it is the directory hoststorage created (``owned_id``), through
+        fsops: a directory someone else made, or a link, at that name is Conflict and stays."""
+        if self.owned_id is None:
+            if os.path.lexists(self.mount_point):
+                log.warning("connection %s: leaving %s in place: hoststorage did not create it",
+                            self.name, self.mount_point)
             return False
+        root, rel = self._rel()
+        try:
+            return fsops.rmdir(root, rel, expect=self.owned_id)
         except OSError as exc:
             if exc.errno in (errno.EBUSY, errno.ENOTEMPTY, errno.ENOTDIR):
                 log.warning(
@@ -610,6 +629,13 @@ class LocalfsConnection:
         self.host = host
         self.path = path
         self.link = link
+        self.owned_id: fsops.Ident | None = None
+        """(device, inode) of the link hoststorage created (set by :meth:`connect`, or from the ledger
+        before :meth:`disconnect`); only that link is ever replaced or removed."""
+
+    def _rel(self) -> tuple[str, str]:
+        root = os.path.dirname(self.link)
+        return root, os.path.basename(self.link)
 
     def __repr__(self) -> str:
         return f"<LocalfsConnection {self.name} {self.link} -> {self.path}>"
@@ -668,15 +694,19 @@ class LocalfsConnection:
         real = self._real()
         if not os.path.isdir(real):
             raise errors.NotFound(f"local path {self.path} does not exist or is not a directory")
-        base = os.path.dirname(self.link)
-        os.makedirs(base, mode=0o755, exist_ok=True)
+        root, name = self._rel()
+        os.makedirs(root, mode=0o755, exist_ok=True)
         if observed.target_exists:
-            os.unlink(self.link)
-        tmp = f"{self.link}.tmp.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        os.symlink(real, tmp)
-        os.replace(tmp, self.link)
+            # A stale link (to the path as written, or to a directory that has gone): replaced only if
+            # it is the one hoststorage made.
+            if self.owned_id is None:
+                raise errors.Conflict(f"{self.link} exists and was not made by hoststorage; left alone")
+            fsops.remove(root, name, expect=self.owned_id, kind="link")
+        # Made under a private name and renamed into place: the link appears whole, never half-made.
+        tmp = f"{name}.tmp.{os.getpid()}"
+        made = fsops.symlink(root, tmp, real)
+        fsops.rename(root, tmp, name, expect=made)
+        self.owned_id = made
         log.info("connection %s: linked %s to %s", self.name, self.link, real)
         return True
 
@@ -684,7 +714,13 @@ class LocalfsConnection:
         observed = self.observe()
         if not observed.target_exists or observed.conflict:
             return False
-        os.unlink(self.link)
+        if self.owned_id is None:
+            log.warning("connection %s: leaving %s in place: hoststorage did not create it",
+                        self.name, self.link)
+            return False
+        root, name = self._rel()
+        if not fsops.remove(root, name, expect=self.owned_id, kind="link"):
+            return False
         log.info("connection %s: removed link %s", self.name, self.link)
         return True
 
@@ -851,6 +887,19 @@ def posix_mount_point(base: str, source: str) -> str:
             base, mounts.escape_path(os.path.normpath(source)), field="spec.posixfs.source"
         )
     return mounts.mount_point_for(base, source, field="spec.posixfs.source")
+
+
+def owned_id(conn: object) -> fsops.Ident | None:
+    """The (device, inode) of what ``conn`` created on the host (mount point directory or localfs link),
+    for the ledger; None for an iSCSI session (or a fake connection without one)."""
+    value = getattr(conn, "owned_id", None)
+    return value if isinstance(value, tuple) else None
+
+
+def claim(conn: object, ident: fsops.Ident | None) -> None:
+    """Tell ``conn`` what the ledger recorded it created, before it disconnects or replaces it."""
+    if ident is not None and hasattr(conn, "owned_id"):
+        setattr(conn, "owned_id", ident)  # noqa: B010 - MountConnection / LocalfsConnection, not fakes
 
 
 def make_connection(name: str, params: Params, host: HostConfig) -> Connection:

@@ -20,6 +20,12 @@ path acted on (issue 9, classes 1 and 6). Here nothing acts on a path string:
   ``fstatat(AT_SYMLINK_NOFOLLOW)``, and removed only on a match. On a mismatch it is renamed back
   (``renameat2(RENAME_NOREPLACE)``) and :class:`~hostlib.errors.Conflict` is raised: nothing removed.
 
+Limit: an inode number freed by a delete can be reused at once (ext4, tmpfs). The type is compared
+too, so a link or directory put where our file was is never taken for it; an object of the same type
+that someone creates at our name *after deleting ours* may carry our ident, and removing it removes
+only that name in a directory they can write (nothing is ever followed, no other name of any inode
+is touched).
+
 These calls can hit hung storage when the root is a mount: callers that work on storage run them in
 the abandonable helper process (:mod:`hostlib.check_helper`), never in an agent thread. Only the
 standard library and :mod:`hostlib.errors` are imported, so that helper still starts fast.

@@ -256,8 +256,9 @@ def escape_path(path: str) -> str:
 def under_base(base: str, name: str, *, field: str | None, link_ok: bool = False) -> str:
     """``<realpath(base)>/<name>``, refused unless it stays directly under the base after realpath.
 
-    A symlink there is refused for mount points (mounting would follow it out of the base); localfs
-    passes ``link_ok`` because its target *is* a link, which it checks itself.
+    A symlink there is refused for mount points (mounting would follow it out of the base) as
+    ``Conflict`` (the spec is valid; something not ours holds the name); localfs passes ``link_ok``
+    because its target *is* a link, which it checks itself.
     """
     if not name or name in (".", "..") or "/" in name or "\0" in name:
         raise errors.InvalidSpec(f"cannot derive a mount point from {name!r}", field=field)
@@ -274,9 +275,10 @@ def under_base(base: str, name: str, *, field: str | None, link_ok: bool = False
     if os.path.islink(candidate):
         if link_ok:
             return candidate
-        raise errors.InvalidSpec(
-            f"mount point {candidate!r} is a symlink to {os.readlink(candidate)!r}; refusing to follow it",
-            field=field,
+        # Not a spec error: the spec is fine, something not ours took the name (issue 9, class 10).
+        raise errors.Conflict(
+            f"mount point {candidate!r} is a symlink to {os.readlink(candidate)!r}, not hoststorage's; "
+            "nothing followed"
         )
     real = os.path.realpath(candidate)
     if os.path.dirname(real) != real_base:

@@ -328,14 +328,34 @@ def _recorded_target(entry: ledger.LedgerEntry) -> str | None:
     return None
 
 
-def _entry(conn: ConnectionSpec, target: str, *, preexisting: bool) -> ledger.LedgerEntry:
+def _entry(
+    conn: ConnectionSpec, target: str, *, preexisting: bool, target_id: tuple[int, int] | None = None
+) -> ledger.LedgerEntry:
     resource: dict[str, Any] = {
         "type": conn.type,
         _target_key(conn.type): target,
         "spec": dict(conn.raw_spec),
         "preexisting": preexisting,
     }
+    if target_id is not None:
+        # The (device, inode) of the mount point directory or localfs link hoststorage created: a
+        # later teardown removes only that (hostlib.fsops compares it).
+        resource["targetId"] = list(target_id)
     return ledger.LedgerEntry(KIND, conn.name, conn.uid, resource)
+
+
+def _recorded_id(entry: ledger.LedgerEntry | None) -> tuple[int, int] | None:
+    value = entry.resource.get("targetId") if entry is not None else None
+    if isinstance(value, list) and len(value) == 2 and all(type(n) is int for n in value):
+        return (value[0], value[1])
+    return None
+
+
+def _connection_for(entry: ledger.LedgerEntry, host: host_mod.Host) -> connections.Connection:
+    """The connection a ledger entry records, told what it created (so only that is undone)."""
+    conn = host.make_connection(entry.name, _entry_spec(entry).params, host.config)
+    connections.claim(conn, _recorded_id(entry))
+    return conn
 
 
 def _move_away(
@@ -347,7 +367,7 @@ def _move_away(
     users = host.ledger.users_of(KIND, conn.name)
     if users:
         raise errors.InUse(f"the connection moved but {_names(users)} still use(s) {_recorded_target(entry)}")
-    old = host.make_connection(conn.name, _entry_spec(entry).params, host.config)
+    old = _connection_for(entry, host)
     if dry_run:
         return list(old.plan_disconnect(old.observe())), False
     changed = bool(old.disconnect())
@@ -411,10 +431,16 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         would = f"would connect {_source_of(conn_spec)}"
         return RESULTS.make(name, status.Phase.PENDING, "WouldConnect", would, detail=base_detail, plan=plan)
 
+    recorded_id = _recorded_id(entry)
+    connections.claim(conn, recorded_id)
     try:
-        host.ledger.put(_entry(conn_spec, target, preexisting=preexisting))  # written ahead of the change
+        # Written ahead of the change.
+        host.ledger.put(_entry(conn_spec, target, preexisting=preexisting, target_id=recorded_id))
         if plan:
             changed = bool(conn.connect()) or changed
+            made = connections.owned_id(conn)
+            if made is not None and made != recorded_id:
+                host.ledger.put(_entry(conn_spec, target, preexisting=preexisting, target_id=made))
             observed = conn.observe()  # verify: the host must now show it connected
     except (errors.HostStorageError, OSError) as exc:
         if entry is None:
@@ -461,7 +487,7 @@ def teardown(
             if isinstance(spec_or_entry, ConnectionSpec)
             else recorded.deletion_policy
         )
-        conn = host.make_connection(entry.name, recorded.params, host.config)
+        conn = _connection_for(entry, host)
 
         def run() -> tuple[bool, str]:
             changed = bool(conn.disconnect(force=force))

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 from fake_runner import FakeRunner
 
-from hostlib import commands, config, connections, errors, mounts
+from hostlib import commands, config, connections, errors, fsops, mounts
 
 # ------------------------------------------------------------------------------------------ the fake
 
@@ -466,6 +466,62 @@ def test_localfs_foreign_file_is_a_conflict(host: config.HostConfig, tmp_path: p
     assert os.path.isfile(conn.target())
 
 
+def test_localfs_link_is_ours_by_its_ident_and_a_replaced_one_is_never_removed(
+    host: config.HostConfig, tmp_path: pathlib.Path
+) -> None:
+    """The link hoststorage made is recorded by (dev, ino); a same-looking link someone else put in its
+    place (same target) is Conflict on disconnect and stays; a fresh object without the record never
+    removes or replaces it."""
+    data = tmp_path / "allowed" / "d"
+    data.mkdir()
+    conn = connections.make_connection("l", connections.LocalfsParams(str(data)), host)
+    assert conn.connect() is True
+    made = connections.owned_id(conn)
+    assert made == fsops.ident(os.lstat(conn.target()))
+    os.symlink(str(data), conn.target() + ".x")  # made while ours exists: another inode
+    os.rename(conn.target() + ".x", conn.target())  # an attacker's identical-looking link
+    with pytest.raises(errors.Conflict, match="nothing removed"):
+        conn.disconnect()
+    assert os.path.islink(conn.target())
+    fresh = connections.make_connection("l", connections.LocalfsParams(str(data)), host)
+    assert fresh.disconnect() is False and os.path.islink(conn.target())
+    later = connections.make_connection("l", connections.LocalfsParams(str(data)), host)
+    connections.claim(later, fsops.ident(os.lstat(conn.target())))
+    assert later.disconnect() is True and not os.path.lexists(conn.target())
+
+
+def test_mount_point_dir_is_ours_by_its_ident(
+    host: config.HostConfig, fake: FakeHost, tmp_path: pathlib.Path
+) -> None:
+    """connect() makes the mount point through fsops and keeps its ident; a directory someone else put
+    in its place after the unmount is Conflict and stays; without the record nothing is removed."""
+    conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    assert conn.connect() is True
+    made = connections.owned_id(conn)
+    assert made == fsops.ident(os.lstat(conn.target()))
+    fake.table.clear()  # unmounted behind our back
+    os.mkdir(conn.target() + ".x")  # made while ours exists: another inode
+    os.rmdir(conn.target())
+    os.rename(conn.target() + ".x", conn.target())
+    with pytest.raises(errors.Conflict):
+        conn.disconnect()
+    assert os.path.isdir(conn.target())
+    fresh = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"), host)
+    assert fresh.disconnect() is False and os.path.isdir(conn.target())
+
+
+def test_mount_base_with_a_planted_link_is_conflict_and_nothing_is_made_through_it(
+    host: config.HostConfig, fake: FakeHost, tmp_path: pathlib.Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.makedirs(host.mount_base)
+    os.symlink(outside, os.path.join(host.mount_base, "glusterSD"))
+    with pytest.raises(errors.Conflict, match="symlink"):
+        connections.make_connection("g", connections.GlusterfsParams("h", "v"), host)
+    assert list(outside.iterdir()) == []
+
+
 def test_localfs_symlink_escape_is_refused(host: config.HostConfig, tmp_path: pathlib.Path) -> None:
     os.symlink("/etc", tmp_path / "allowed" / "sneaky")
     with pytest.raises(errors.InvalidSpec, match="outside the allowed host paths"):
@@ -600,6 +656,7 @@ def test_stacked_mounts_of_our_source_all_go(host: config.HostConfig, fake: Fake
 
     cfg_conn = connections.make_connection("p", connections.PosixfsParams("/dev/loop7", "ext4"),
                                            dataclasses.replace(host, runner=umount_one))  # fmt: skip
+    connections.claim(cfg_conn, connections.owned_id(conn))  # what the ledger hands a later run
     assert cfg_conn.disconnect() is True
     assert fake.calls == [("umount", conn.target())] * 2
     assert not os.path.lexists(conn.target())

@@ -205,13 +205,13 @@ def test_gluster_and_localfs_names(tmp_path: pathlib.Path) -> None:
 
 def test_symlinked_mount_point_is_refused(tmp_path: pathlib.Path) -> None:
     os.symlink("/etc", tmp_path / "server:_a")
-    with pytest.raises(errors.InvalidSpec, match="is a symlink to '/etc'"):
+    with pytest.raises(errors.Conflict, match="is a symlink to '/etc'"):
         mounts.mount_point_for(str(tmp_path), "server:/a")
 
 
 def test_symlinked_gluster_dir_is_refused(tmp_path: pathlib.Path) -> None:
     os.symlink("/etc", tmp_path / "glusterSD")
-    with pytest.raises(errors.InvalidSpec, match="symlink"):
+    with pytest.raises(errors.Conflict, match="symlink"):
         mounts.gluster_mount_point(str(tmp_path), "h", "v")
 
 
