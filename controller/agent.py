@@ -54,7 +54,7 @@ from controller import (
     wiring,
     workqueue,
 )
-from hostlib import checker, errors, ledger, libvirt_pools, mounts, preflight
+from hostlib import checker, errors, ledger, leftovers, libvirt_pools, preflight
 from reconcilers import host as host_mod
 from reconcilers import kind as kind_mod
 from reconcilers import status as status_mod
@@ -565,42 +565,6 @@ def secret_lookup(api: kube.Api, own_namespace: str) -> host_mod.SecretLookup:
     return lookup
 
 
-def clean_stale(host: host_mod.Host) -> list[str]:
-    """Remove empty directories and dangling links under the mount base that no ledger entry owns.
-
-    Leftovers of a previous run that died between mkdir and mount, or of connections deleted while the
-    agent was down. Never descends into a mount point (it may be hung storage) and never touches
-    anything mounted or owned; ``rmdir`` refuses a non-empty directory.
-    """
-    base = host.config.mount_base
-    removed: list[str] = []
-    if not os.path.isdir(base):
-        return removed
-    mounted = {rec.target for rec in mounts.read_mounts()}
-    candidates: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in mounted]
-        candidates.extend(os.path.join(dirpath, d) for d in dirnames)
-        candidates.extend(os.path.join(dirpath, f) for f in filenames)
-    for path in reversed(candidates):  # deepest first, so emptied parents go too
-        if path in mounted or host.ledger.owns_mount(path):
-            continue
-        try:
-            if os.path.islink(path):
-                target = os.readlink(path)
-                if not os.path.lexists(os.path.join(os.path.dirname(path), target)):
-                    os.unlink(path)
-                    removed.append(path)
-            elif os.path.isdir(path):
-                os.rmdir(path)
-                removed.append(path)
-        except OSError:
-            continue
-    for path in removed:
-        log.info("removed stale leftover %s", path)
-    return removed
-
-
 def run(args: argparse.Namespace, conf: settings.Settings) -> int:
     """The ``agent`` subcommand: the composition root of the node agent."""
     if not conf.node_name:
@@ -630,7 +594,7 @@ def run(args: argparse.Namespace, conf: settings.Settings) -> int:
                 host = build_host(conf, api, pools=pools)
             except (ledger.StateDirError, ledger.LedgerCorrupt) as exc:
                 raise StartupError(exc.message) from None
-            clean_stale(host)
+            leftovers.clean_stale(host.config.mount_base, host.ledger)
             agent = Agent(conf, api, host)
             agent.preflight = preflight.check(host.config)
             agent.metrics.observe_preflight(agent.preflight)
