@@ -187,7 +187,9 @@ def make_host(conf: settings.Settings, secrets: Secrets | None = None) -> host_m
         secret_lookup=secrets.lookup if secrets is not None else None,
         pools=functools.partial(libvirt_pools.shared, conf.libvirt_uri),
         checker=checker.Checker,
-        node_name=socket.gethostname(),
+        # The node name names this host's probe files on shared storage: NODE_NAME when set (as the
+        # agent's), else the host name.
+        node_name=conf.node_name or socket.gethostname(),
     )
 
 
