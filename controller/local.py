@@ -62,7 +62,10 @@ def add_delete_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXIT_HELP
     _add_files(parser)
     parser.add_argument(
-        "--force", action="store_true", help="lazy-unmount a busy mount instead of reporting InUse"
+        "--force",
+        action="store_true",
+        help="finish the teardown as far as is safe: lazy-unmount a busy mount instead of reporting InUse, "
+        "and forget an entry whose host object is no longer hoststorage's (Conflict), touching nothing",
     )
     parser.add_argument(
         "--dry-run",
