@@ -258,3 +258,34 @@ def test_dry_run_plans_a_check_and_changes_nothing(tmp_path: Any) -> None:
     assert [a.verb for a in result.actions] == ["check"]
     assert host.ledger.entries() == []
     assert not (tmp_path / "d").exists()
+
+
+def test_the_created_probe_ident_rides_through_the_state_machine_and_is_never_reported() -> None:
+    ok = dmon.Outcome(dmon.OutcomeKind.OK, read_delay=0.001, path="/t/p", path_kind="probe", probe_id=(7, 9))
+    first = dmon.next_status(dmon.MonitorStatus(), ok, dmon.Thresholds(), 100.0)
+    assert first.probe_id == (7, 9)
+    err = dmon.Outcome(dmon.OutcomeKind.ERROR, message="EIO")
+    failed = dmon.next_status(first, err, dmon.Thresholds(), 101.0)
+    assert failed.probe_id == (7, 9)
+    assert "probeId" not in str(first.detail()) and "7" not in str(first.detail().get("path"))
+
+
+def test_record_keeps_the_ident_of_the_same_probe_and_drops_it_for_another(tmp_path: Any) -> None:
+    host = FakeHost(FakeConfig((str(tmp_path),)), ledger.Ledger(str(tmp_path / "state")))
+    spec = dmon.parse(manifest({"target": {"hostPath": str(tmp_path / "d")}}))
+    resolved = dmon.Resolved(str(tmp_path / "d"), str(tmp_path))
+    dmon.record(host, spec, resolved, "/t/p", (7, 9))
+    assert dmon.recorded_probe_id(host, spec.name) == (7, 9)
+    dmon.record(host, spec, resolved, "/t/p")  # the agent's periodic record: the ident stays
+    assert dmon.recorded_probe_id(host, spec.name) == (7, 9)
+    dmon.record(host, spec, resolved, "/t/other")  # a probe we did not create: no ident, never removed
+    assert dmon.recorded_probe_id(host, spec.name) is None
+
+
+def test_teardown_of_a_probe_without_a_recorded_ident_removes_nothing(tmp_path: Any) -> None:
+    host = FakeHost(FakeConfig((str(tmp_path),)), ledger.Ledger(str(tmp_path / "state")))
+    spec = dmon.parse(manifest({"target": {"hostPath": str(tmp_path / "d")}}))
+    dmon.record(host, spec, dmon.Resolved(str(tmp_path / "d"), str(tmp_path)), "/t/p")
+    result = dmon.teardown(spec, host)  # no checker: a removal attempt would fail loudly
+    assert (result.phase, result.reason) == ("Detached", "Detached")
+    assert "did not create it" in result.message and host.ledger.entries() == []
