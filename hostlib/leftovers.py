@@ -61,3 +61,19 @@ def _remove_if_stale(base: str, path: str) -> bool:
     if stat.S_ISDIR(st.st_mode):
         return fsops.rmdir(base, rel, expect=fsops.ident(st))
     return False
+
+
+def remove_empty_dir(base: str, path: str) -> bool:
+    """Remove the empty directory ``path`` below ``base`` (e.g. the mount point libvirt built for an fs or
+    netfs pool) through :mod:`hostlib.fsops`: no link followed on the way, the directory looked at is the
+    one removed; False when it is absent, not a directory, not empty or busy."""
+    real = os.path.realpath(base)
+    try:
+        rel = fsops.relative(real, path)
+        st = fsops.lookup(real, rel)
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            return False
+        return fsops.rmdir(real, rel, expect=fsops.ident(st))
+    except (OSError, errors.HostStorageError) as exc:
+        log.info("leaving %s in place: %s", path, getattr(exc, "message", None) or exc)
+        return False

@@ -28,7 +28,7 @@ import stat
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hostlib import actions, errors, fsops, ledger, libvirt_pools, paths
+from hostlib import actions, errors, fsops, ledger, leftovers, libvirt_pools, paths
 from reconcilers import host as host_mod
 from reconcilers import kind, selector, spec, status, storage_connection
 
@@ -711,9 +711,8 @@ def _teardown_entry(entry: ledger.LedgerEntry, host: host_mod.Host, layer: host_
     if isinstance(usage, str) and usage:
         changed |= layer.undefine_secret(usage)
     for path in _owned_dirs(entry, host):
-        # rmdir never removes contents; a non-empty directory is left as it is.
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+        # rmdir never removes contents; a non-empty directory is left as it is; no link is followed.
+        leftovers.remove_empty_dir(host.config.mount_base, path)
     host.ledger.remove(entry.kind, entry.name)
     return changed
 

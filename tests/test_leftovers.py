@@ -90,3 +90,20 @@ def test_a_directory_swapped_for_a_link_between_look_and_remove_is_kept(
     monkeypatch.setattr(fsops, "lookup", lookup_then_swap)
     assert leftovers.clean_stale(str(base), owner(tmp_path)) == []
     assert (base / "empty").is_symlink() and outside.is_dir()
+
+
+def test_remove_empty_dir_removes_only_an_empty_directory_reached_without_links(
+    base: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    outside = tmp_path / "outside"
+    (outside / "pool").mkdir(parents=True)
+    (base / "pools").symlink_to(outside)
+    assert leftovers.remove_empty_dir(str(base), str(base / "pools" / "pool")) is False
+    assert (outside / "pool").is_dir()
+    (base / "pools").unlink()
+    (base / "pools" / "full").mkdir(parents=True)
+    (base / "pools" / "full" / "vol").write_bytes(b"data")
+    assert leftovers.remove_empty_dir(str(base), str(base / "pools" / "full")) is False
+    (base / "pools" / "empty").mkdir()
+    assert leftovers.remove_empty_dir(str(base), str(base / "pools" / "empty")) is True
+    assert sorted(os.listdir(base / "pools")) == ["full"]
