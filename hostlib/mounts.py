@@ -192,6 +192,64 @@ def mounts_at(target: str, records: Iterable[MountRecord] | None = None) -> list
     return [r for r in (read_mounts() if records is None else records) if r.target == wanted]
 
 
+def topmost(target: str, records: Iterable[MountRecord] | None = None) -> MountRecord | None:
+    """The mount users see on ``target``: the top of the stack of mounts there, or None.
+
+    A mount stacked on another one at the same path has that one's mount id as its parent id, so the
+    top is the record at ``target`` that no other record at ``target`` has as parent. Should there be
+    several such records (a mount left over under a parent that was itself mounted over), the last one
+    in mountinfo order wins: the kernel lists mounts in the order they were made.
+    """
+    at = mounts_at(target, records)
+    covered = {r.parent_id for r in at}
+    uncovered = [r for r in at if r.mount_id not in covered]
+    return uncovered[-1] if uncovered else (at[-1] if at else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class MountIdentity:
+    """What identifies one mount hoststorage made, recorded in the ledger right after mounting.
+
+    The path alone never does: anyone can mount on the same point (stacked), or unmount ours and
+    mount something else there. The kernel's mount id names one mount while it exists; the device
+    number, file system type and canonical source guard against an id the kernel reused for another
+    mount after ours went away.
+    """
+
+    mount_id: int
+    major_minor: str
+    fstype: str
+    source: str
+
+    @classmethod
+    def of(cls, record: MountRecord) -> MountIdentity:
+        return cls(record.mount_id, record.major_minor, record.fstype, record.canonical_source)
+
+    def matches(self, record: MountRecord) -> bool:
+        return self == MountIdentity.of(record)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "mountId": self.mount_id,
+            "majorMinor": self.major_minor,
+            "fstype": self.fstype,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: object) -> MountIdentity | None:
+        """The identity a ledger entry recorded; None when there is none or it is malformed."""
+        if not isinstance(raw, dict):
+            return None
+        mount_id, major_minor = raw.get("mountId"), raw.get("majorMinor")
+        fstype, source = raw.get("fstype"), raw.get("source")
+        if isinstance(mount_id, bool) or not isinstance(mount_id, int):
+            return None
+        if not all(isinstance(v, str) and v for v in (major_minor, fstype, source)):
+            return None
+        return cls(mount_id, str(major_minor), str(fstype), str(source))
+
+
 def mounts_under(base: str, records: Iterable[MountRecord] | None = None) -> list[MountRecord]:
     """Records at or below ``base``, deepest first (the order to unmount them in)."""
     found = [r for r in (read_mounts() if records is None else records) if paths.is_under(base, r.target)]
@@ -615,7 +673,11 @@ def mount_argv(source: str, target: str, fstype: str, options: Sequence[str]) ->
 
 
 def umount_argv(target: str, *, lazy: bool = False, force: bool = False) -> tuple[str, ...]:
-    argv = ["umount"]
+    """umount(8) of exactly ``target``: ``--no-canonicalize`` keeps umount from resolving the path,
+    which stats the mounted file system and blocks in D state on hung NFS or gluster (measured: a
+    ``delete`` of a SIGSTOPped gluster volume took over 70 s without it). Callers pass the confined
+    mount point as it appears in mountinfo, so nothing needs resolving."""
+    argv = ["umount", "--no-canonicalize"]
     if force:
         argv.append("-f")
     if lazy:

@@ -328,14 +328,26 @@ def _recorded_target(entry: ledger.LedgerEntry) -> str | None:
     return None
 
 
-def _entry(conn: ConnectionSpec, target: str, *, preexisting: bool) -> ledger.LedgerEntry:
+def _entry(
+    conn: ConnectionSpec, target: str, *, preexisting: bool, mount: mounts.MountIdentity | None = None
+) -> ledger.LedgerEntry:
     resource: dict[str, Any] = {
         "type": conn.type,
         _target_key(conn.type): target,
         "spec": dict(conn.raw_spec),
         "preexisting": preexisting,
     }
+    if mount is not None:
+        resource["mount"] = mount.to_dict()
     return ledger.LedgerEntry(KIND, conn.name, conn.uid, resource)
+
+
+def _claimed(conn: connections.Connection, entry: ledger.LedgerEntry | None) -> connections.Connection:
+    """``conn``, told which mount is ours: the identity ``entry`` recorded (mount id, device, type,
+    source), so a mount on the same point is ours only if it is that one (never by the path)."""
+    if isinstance(conn, connections.MountConnection) and entry is not None:
+        conn.owned = mounts.MountIdentity.from_dict(entry.resource.get("mount"))
+    return conn
 
 
 def _move_away(
@@ -347,7 +359,7 @@ def _move_away(
     users = host.ledger.users_of(KIND, conn.name)
     if users:
         raise errors.InUse(f"the connection moved but {_names(users)} still use(s) {_recorded_target(entry)}")
-    old = host.make_connection(conn.name, _entry_spec(entry).params, host.config)
+    old = _claimed(host.make_connection(conn.name, _entry_spec(entry).params, host.config), entry)
     if dry_run:
         return list(old.plan_disconnect(old.observe())), False
     changed = bool(old.disconnect())
@@ -395,6 +407,7 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         if entry is not None and _recorded_target(entry) not in (None, target):
             plan, changed = _move_away(conn_spec, entry, host, dry_run=dry_run)
             entry = None
+        conn = _claimed(conn, entry)
         observed = conn.observe()
         plan += conn.plan_connect(observed)  # raises Conflict for a foreign mount on our target
     except errors.HostStorageError as exc:
@@ -412,7 +425,8 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         return RESULTS.make(name, status.Phase.PENDING, "WouldConnect", would, detail=base_detail, plan=plan)
 
     try:
-        host.ledger.put(_entry(conn_spec, target, preexisting=preexisting))  # written ahead of the change
+        # Written ahead of the change; the identity of a mount already there is kept.
+        host.ledger.put(_entry(conn_spec, target, preexisting=preexisting, mount=observed.mount))
         if plan:
             changed = bool(conn.connect()) or changed
             observed = conn.observe()  # verify: the host must now show it connected
@@ -425,6 +439,11 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         return RESULTS.make(
             name, status.Phase.FAILED, "NotConnected", why, detail=base_detail, changed=changed, retry=True
         )
+    if changed and observed.mount is not None:
+        try:  # the mount just made is ours by its identity from now on
+            host.ledger.put(_entry(conn_spec, target, preexisting=preexisting, mount=observed.mount))
+        except (errors.HostStorageError, OSError) as exc:
+            return RESULTS.error(name, exc, detail=base_detail, changed=changed, where=target)
     if changed:
         message = f"connected {observed.source or _source_of(conn_spec)}"
     elif preexisting:
@@ -461,7 +480,7 @@ def teardown(
             if isinstance(spec_or_entry, ConnectionSpec)
             else recorded.deletion_policy
         )
-        conn = host.make_connection(entry.name, recorded.params, host.config)
+        conn = _claimed(host.make_connection(entry.name, recorded.params, host.config), entry)
 
         def run() -> tuple[bool, str]:
             changed = bool(conn.disconnect(force=force))
@@ -491,15 +510,19 @@ def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult
     """What ``hoststorage status`` shows for one ledger entry: observed now, nothing changed."""
     try:
         recorded = _entry_spec(entry)
-        conn = host.make_connection(recorded.name, recorded.params, host.config)
+        conn = _claimed(host.make_connection(recorded.name, recorded.params, host.config), entry)
         observed = conn.observe()
     except errors.HostStorageError as exc:
         return RESULTS.error(entry.name, exc)
     if observed.connected:
         detail = _detail(recorded.type, observed, preexisting=bool(entry.resource.get("preexisting")))
         return RESULTS.make(entry.name, status.Phase.CONNECTED, "Connected", "connected", detail=detail)
-    why = observed.conflict or "not connected; the next apply restores it"
     detail = {"type": recorded.type, _target_key(recorded.type): observed.target}
+    if observed.conflict:
+        return RESULTS.make(
+            entry.name, status.Phase.FAILED, errors.Conflict.reason, observed.conflict, detail=detail
+        )
+    why = "not connected; the next apply restores it"
     return RESULTS.make(entry.name, status.Phase.PENDING, "NotConnected", why, detail=detail)
 
 
@@ -515,7 +538,7 @@ def resolve(host: host_mod.Host, name: str, sub_path: str | None = None) -> str 
         return None
     try:
         recorded = _entry_spec(entry)
-        conn = host.make_connection(recorded.name, recorded.params, host.config)
+        conn = _claimed(host.make_connection(recorded.name, recorded.params, host.config), entry)
         observed = conn.observe()
     except errors.InvalidSpec:
         return None
