@@ -155,7 +155,7 @@ def family(dev: str, sysfs: Sysfs) -> list[str]:
 
 
 def _below(dev: str, sysfs: Sysfs) -> set[str]:
-    """``dev`` and every device it is built on (dm and md slaves), with their disks."""
+    """``dev`` and every device it is built on (dm and md slaves, transitively)."""
     seen: set[str] = set()
     todo = [(dev, 0)]
     while todo:
@@ -163,7 +163,6 @@ def _below(dev: str, sysfs: Sysfs) -> set[str]:
         if d in seen or depth > MAX_DEPTH:
             continue
         seen.add(d)
-        seen.add(sysfs.disk(d))
         todo += [(s, depth + 1) for s in sysfs.slaves(d)]
     return seen
 
@@ -187,8 +186,18 @@ def uses(
     """Where ``device`` (a path under /dev) or its disk family is in use, one phrase each; [] if free.
 
     ``own_target`` is where this object mounts it: a mount there is the object's own, not a use."""
+    return uses_of(device_number(device), own_target=own_target, records=records, sysfs=sysfs)
+
+
+def uses_of(
+    dev: str,
+    *,
+    own_target: str,
+    records: Iterable[mounts.MountRecord] | None = None,
+    sysfs: Sysfs | None = None,
+) -> list[str]:
+    """:func:`uses` of the device numbered ``dev`` (``major:minor``): the decision itself."""
     sysfs = sysfs or Sysfs()
-    dev = device_number(device)
     table = list(mounts.read_mounts() if records is None else records)
     members = family(dev, sysfs)
     names = {m: sysfs.name(m) for m in members}

@@ -723,10 +723,17 @@ def umount(
     lazy: bool = False,
     force: bool = False,
 ) -> None:
-    """Run umount(8); "target is busy" -> InUse naming the holders we can find cheaply."""
+    """Run umount(8) on exactly ``target`` (never canonicalised); "target is busy" -> InUse naming the
+    holders we can find cheaply; no answer within ``timeout`` -> UnmountFailed saying so (the runner
+    abandons a umount stuck in D state: the caller is never held longer than the timeout and 5 s)."""
     try:
         runner(umount_argv(target, lazy=lazy, force=force), timeout=timeout)
     except commands.CommandError as exc:
+        if exc.timed_out:
+            raise errors.UnmountFailed(
+                f"umount {target} timed out after {timeout:g}s: the storage does not answer (hung?); "
+                "the mount is left in place (delete --force detaches it lazily)"
+            ) from exc
         text = exc.tool_message
         if "busy" in text.lower():
             holders = find_holders(target)

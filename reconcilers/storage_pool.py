@@ -412,9 +412,14 @@ def logical_definition(name: str, src: LogicalSource) -> libvirt_pools.PoolDefin
     )
 
 
-def _conflict_reason(
+def conflict_reason(
     spec_name: str, libvirt_name: str, observed: libvirt_pools.PoolObserved | None, host: host_mod.Host
 ) -> str | None:
+    """Why StoragePool ``spec_name`` may not touch libvirt pool ``libvirt_name``, or None.
+
+    The one ownership rule of pools: an existing pool is ours only when our ledger entry names it and
+    recorded the UUID it has; another object's entry, no entry, no recorded UUID or another UUID is a
+    Conflict (the pool is reported, never redefined or destroyed)."""
     for other in host.ledger.entries(KIND):
         if other.name != spec_name and other.resource.get("libvirtName") == libvirt_name:
             return f"libvirt pool {libvirt_name} belongs to StoragePool {other.name}"
@@ -609,7 +614,7 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
     changed = False
     try:
         observed = layer.observe(name)
-        conflict = _conflict_reason(pool.name, name, observed, host)
+        conflict = conflict_reason(pool.name, name, observed, host)
         if conflict is None:
             conflict = target_conflict(
                 observed.definition if observed else desired.definition,
