@@ -757,10 +757,12 @@ def _plan_teardown_entry(
     usage = entry.resource.get("secretUsage")
     if isinstance(usage, str) and usage and layer.secret_uuid(usage) is not None:
         planned.append(actions.Action("secret-undefine", f"undefine libvirt secret {usage}"))
+    # A mount target is a directory: never stat it (a running netfs pool's mount may hang).
+    targets = {r.target for r in mounts.read_mounts()}
     planned += [
         actions.Action("rmdir", f"remove {p} if empty", path=p)
         for p in _owned_dirs(entry, host)
-        if os.path.isdir(p)
+        if p in targets or os.path.isdir(p)
     ]
     return planned
 
