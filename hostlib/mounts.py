@@ -56,11 +56,13 @@ Option policy (the spec is untrusted; options go to a privileged mount(8)):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import ipaddress
 import logging
 import os
 import re
+import struct
 from collections.abc import Callable, Iterable, Sequence
 
 from hostlib import commands, errors, paths
@@ -206,35 +208,98 @@ def topmost(target: str, records: Iterable[MountRecord] | None = None) -> MountR
     return uncovered[-1] if uncovered else (at[-1] if at else None)
 
 
+_SYS_STATMOUNT, _SYS_LISTMOUNT = 457, 458  # the same on every architecture (asm-generic numbering)
+_LSMT_ROOT = 0xFFFFFFFFFFFFFFFF
+_STATMOUNT_MNT_BASIC = 0x2
+_MNT_ID_REQ = "<IIQQ"  # struct mnt_id_req, version 0: size, spare, mnt_id, param
+_LISTMOUNT_BATCH = 1024
+
+
+def _syscall(number: int, *args: object) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.syscall(number, *args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def unique_mount_id(mount_id: int) -> int | None:
+    """The kernel's 64-bit id of the mount mountinfo lists as ``mount_id``, or None where the kernel
+    has no ``listmount(2)`` / ``statmount(2)`` (before Linux 6.8) or the mount is gone.
+
+    The mountinfo id is reused (the kernel hands out the lowest free one, so a mount made after ours
+    went away may get our id); the 64-bit id is never reused while the host runs. Both calls read the
+    kernel's mount tree only: they never touch the (possibly hung) storage."""
+    try:
+        after = 0
+        while True:
+            req = struct.pack(_MNT_ID_REQ, 24, 0, _LSMT_ROOT, after)
+            ids = (ctypes.c_uint64 * _LISTMOUNT_BATCH)()
+            count = _syscall(_SYS_LISTMOUNT, ctypes.c_char_p(req), ids, _LISTMOUNT_BATCH, 0)
+            for unique in ids[:count]:
+                buf = ctypes.create_string_buffer(512)
+                stat_req = struct.pack(_MNT_ID_REQ, 24, 0, unique, _STATMOUNT_MNT_BASIC)
+                try:
+                    _syscall(_SYS_STATMOUNT, ctypes.c_char_p(stat_req), buf, len(buf), 0)
+                except OSError:
+                    continue  # unmounted since listmount
+                # struct statmount: mnt_id (u64) at 40, mnt_parent_id (u64) at 48, mnt_id_old (u32) at 56
+                if struct.unpack_from("<I", buf.raw, 56)[0] == mount_id:
+                    return int(unique)
+            if count < _LISTMOUNT_BATCH:
+                return None
+            after = int(ids[count - 1])
+    except (OSError, AttributeError):
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class MountIdentity:
     """What identifies one mount hoststorage made, recorded in the ledger right after mounting.
 
     The path alone never does: anyone can mount on the same point (stacked), or unmount ours and
-    mount something else there. The kernel's mount id names one mount while it exists; the device
-    number, file system type and canonical source guard against an id the kernel reused for another
-    mount after ours went away.
+    mount something else there. The kernel's mount id names one mount while it exists, but mountinfo's
+    ids are reused, so the 64-bit id that never is (``unique_id``, Linux 6.8+) is recorded too where
+    the kernel has it; the device number, file system type and canonical source guard the rest (on an
+    older kernel a same-source mount on the same point that got our reused id cannot be told apart).
     """
 
     mount_id: int
     major_minor: str
     fstype: str
     source: str
+    unique_id: int | None = None
 
     @classmethod
     def of(cls, record: MountRecord) -> MountIdentity:
-        return cls(record.mount_id, record.major_minor, record.fstype, record.canonical_source)
+        return cls(
+            record.mount_id,
+            record.major_minor,
+            record.fstype,
+            record.canonical_source,
+            unique_mount_id(record.mount_id),
+        )
 
     def matches(self, record: MountRecord) -> bool:
-        return self == MountIdentity.of(record)
+        seen = (record.mount_id, record.major_minor, record.fstype, record.canonical_source)
+        if (self.mount_id, self.major_minor, self.fstype, self.source) != seen:
+            return False
+        if self.unique_id is None:
+            return True
+        # The cheap fields agree; only now ask the kernel which mount this id is today.
+        return unique_mount_id(record.mount_id) in (self.unique_id, None)
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "mountId": self.mount_id,
             "majorMinor": self.major_minor,
             "fstype": self.fstype,
             "source": self.source,
         }
+        if self.unique_id is not None:
+            out["uniqueId"] = self.unique_id
+        return out
 
     @classmethod
     def from_dict(cls, raw: object) -> MountIdentity | None:
@@ -247,7 +312,10 @@ class MountIdentity:
             return None
         if not all(isinstance(v, str) and v for v in (major_minor, fstype, source)):
             return None
-        return cls(mount_id, str(major_minor), str(fstype), str(source))
+        unique = raw.get("uniqueId")
+        if unique is not None and (isinstance(unique, bool) or not isinstance(unique, int)):
+            return None
+        return cls(mount_id, str(major_minor), str(fstype), str(source), unique)
 
 
 def mounts_under(base: str, records: Iterable[MountRecord] | None = None) -> list[MountRecord]:

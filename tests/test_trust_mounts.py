@@ -132,6 +132,31 @@ def test_a_malformed_recorded_identity_claims_nothing(raw: object) -> None:
 
 def test_a_recorded_identity_round_trips_through_the_ledger_form() -> None:
     assert mounts.MountIdentity.from_dict(identity().to_dict()) == identity()
+    unique = dataclasses.replace(identity(), unique_id=2**31 + 5)
+    assert mounts.MountIdentity.from_dict(unique.to_dict()) == unique
+    assert mounts.MountIdentity.from_dict({**unique.to_dict(), "uniqueId": "5"}) is None
+
+
+@pytest.mark.parametrize(("now", "ours"), [(2**31 + 5, True), (2**31 + 9, False), (None, True)])
+def test_a_reused_mount_id_is_told_apart_by_the_kernels_unique_id(
+    monkeypatch: pytest.MonkeyPatch, now: int | None, ours: bool
+) -> None:
+    """Same id, device, type and source, but the kernel's 64-bit id (never reused) differs: not ours.
+    None: a kernel without statmount(2), where the other fields decide."""
+    (record,) = [r for r in parsed(STACK) if r.mount_id == 40]
+    monkeypatch.setattr(mounts, "unique_mount_id", lambda mount_id: now if mount_id == 40 else None)
+    assert dataclasses.replace(identity(), unique_id=2**31 + 5).matches(record) is ours
+
+
+def test_the_kernels_unique_mount_id_of_a_real_mount() -> None:
+    """listmount(2)/statmount(2) on this host: the root mount's 64-bit id, and none for a missing id."""
+    root = mounts.topmost("/")
+    assert root is not None
+    unique = mounts.unique_mount_id(root.mount_id)
+    if unique is None:
+        pytest.skip("this kernel has no statmount(2) (Linux 6.8+)")
+    assert unique > 2**31 and mounts.MountIdentity.of(root).unique_id == unique
+    assert mounts.unique_mount_id(2**31 - 1) is None
 
 
 class Table(FakeRunner):
@@ -146,7 +171,10 @@ class Table(FakeRunner):
         below = mounts.topmost(target, self.records)
         parent = below.mount_id if below is not None else 1
         self.next_id += 1
-        (rec,) = parsed(f"{self.next_id} {parent} {dev} / {target} rw - {fstype} {source} rw\n")
+        # canonicalised as the connection's own source is (a /dev/loopN attached here is its file)
+        (rec,) = mounts.parse_mountinfo(
+            f"{self.next_id} {parent} {dev} / {target} rw - {fstype} {source} rw\n"
+        )
         self.records.append(rec)
         return rec
 
@@ -167,6 +195,7 @@ def table(monkeypatch: pytest.MonkeyPatch) -> Table:
     t = Table()
     monkeypatch.setattr(mounts, "read_mounts", t.read)
     monkeypatch.setattr(blockdevs, "uses", lambda device, **kw: [])  # the in-use rule is pinned below
+    monkeypatch.setattr(mounts, "unique_mount_id", lambda mount_id: None)  # the fake table's ids only
     return t
 
 
@@ -615,18 +644,26 @@ def test_real_foreign_mount_on_top_of_a_connection_is_reported_and_nothing_is_un
 
 
 @pytest.mark.host
+@pytest.mark.parametrize("id_taken", [True, False], ids=["new-mount-id", "reused-mount-id"])
 def test_real_mount_replaced_by_a_same_device_mount_is_not_claimed(
-    real_host: host_mod.Host, loop_device: Any
+    real_host: host_mod.Host, loop_device: Any, id_taken: bool
 ) -> None:
     dev = loop_device("ext4")
     spec = posixfs_spec(f"swap-{token()}", dev)
     target = storage_connection.reconcile(spec, real_host).detail["mountPoint"]
     run("umount", "--no-canonicalize", target)  # ours is gone behind our back ...
-    # The kernel hands out the lowest free mount id, so a mount made right now could get ours back
-    # (then it is indistinguishable from ours: docs/security.md); a tmpfs elsewhere takes that id first.
+    # The kernel hands out the lowest free mount id, so a mount made right now gets ours back: only the
+    # kernel's 64-bit id tells it apart (statmount(2)). With a tmpfs elsewhere taking the freed id
+    # first, the mountinfo id differs too.
     holder = pathlib.Path(real_host.config.state_dir) / "id-holder"
     holder.mkdir()
-    with mounted_by_attacker("idholder", str(holder), "tmpfs"), mounted_by_attacker(dev, target):
+    root = mounts.topmost("/")
+    if not id_taken and (root is None or mounts.unique_mount_id(root.mount_id) is None):
+        pytest.skip("this kernel has no statmount(2): a reused mount id cannot be told apart")
+    with contextlib.ExitStack() as stack:
+        if id_taken:
+            stack.enter_context(mounted_by_attacker("idholder", str(holder), "tmpfs"))
+        stack.enter_context(mounted_by_attacker(dev, target))
         # ... and an admin mounted the same device there
         table = mount_table()
         res = storage_connection.reconcile(spec, real_host)
