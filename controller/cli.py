@@ -76,6 +76,8 @@ class GlobalFlag:
     metavar: str
     help: str
     repeatable: bool = False
+    switch: bool = False
+    """A flag without a value that turns the (boolean) setting on."""
 
 
 GLOBAL_FLAGS: tuple[GlobalFlag, ...] = (
@@ -89,6 +91,10 @@ GLOBAL_FLAGS: tuple[GlobalFlag, ...] = (
     GlobalFlag("--allow-vfs-type", "extra_vfs_types", "TYPE",
                "a posixfs file system type to allow beside the built-in list (common mount options only); "
                "repeatable (env HOSTSTORAGE_EXTRA_VFS_TYPES, colon-separated)", repeatable=True),
+    GlobalFlag("--allow-shared-sources", "allow_shared_sources", "",
+               "mount a block source even when it is in use elsewhere on this host (mounted, backing /, "
+               "held by device-mapper/md, swap); off by default (env HOSTSTORAGE_ALLOW_SHARED_SOURCES)",
+               switch=True),
     GlobalFlag("--libvirt-uri", "libvirt_uri", "URI",
                "libvirt connection for StoragePools (env HOSTSTORAGE_LIBVIRT_URI; default qemu:///system)"),
     GlobalFlag("--log-level", "log_level", "LEVEL",
@@ -109,6 +115,16 @@ def add_global_arguments(parser: argparse.ArgumentParser, *, after: bool) -> Non
     group = parser.add_argument_group(title)
     group.add_argument("--version", action="version", version=f"hoststorage {version()}")
     for spec in GLOBAL_FLAGS:
+        if spec.switch:
+            group.add_argument(
+                spec.flag,
+                dest=_AFTER + spec.dest if after else spec.dest,
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS if after else None,
+                help=spec.help,
+            )
+            continue
         group.add_argument(
             spec.flag,
             dest=_AFTER + spec.dest if after else spec.dest,

@@ -75,6 +75,11 @@ class Settings:
     repeatable ``--allow-vfs-type``, ``HOSTSTORAGE_EXTRA_VFS_TYPES`` colon-separated. They get the common
     mount options only; nfs, glusterfs and FUSE types can never be added."""
 
+    allow_shared_sources: bool = False
+    """Admin opt-in (``--allow-shared-sources``): mount a posixfs or fs-pool block source even when it is in
+    use elsewhere on the host (mounted, backing ``/``, held by device-mapper/md, swap). Off: refused with
+    ``SourceInUse`` naming the use, in ``--dry-run`` too."""
+
     log_level: str = "WARNING"
     """Python logging level name (DEBUG, INFO, WARNING, ERROR)."""
 
@@ -145,6 +150,7 @@ class Settings:
             allow_dev=self.allow_dev,
             qemu_user="" if self.qemu_user == "none" else self.qemu_user,
             extra_vfs_types=self.extra_vfs_types,
+            allow_shared_sources=self.allow_shared_sources,
         )
 
     @classmethod

@@ -38,6 +38,9 @@ class HostConfig:
     extra_vfs_types: tuple[str, ...] = ()
     """posixfs file system types the admin allows beside the built-in list (``hostlib.mounts``); they get
     the common mount options only."""
+    allow_shared_sources: bool = False
+    """Admin opt-in: mount a block source even when it is in use elsewhere on the host (mounted, backing
+    ``/``, held by device-mapper/md, swap); see ``hostlib.blockdevs``."""
 
     def __post_init__(self) -> None:
         if not os.path.isabs(self.state_dir):

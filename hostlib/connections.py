@@ -31,7 +31,7 @@ import re
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from hostlib import actions, commands, errors, fsops, iscsi, mounts, paths
+from hostlib import actions, blockdevs, commands, errors, fsops, iscsi, mounts, paths
 from hostlib.config import HostConfig
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,11 @@ class ConnectionObserved:
     options: tuple[str, ...] = ()
     conflict: str | None = None
     device: str | None = None
+    mount: mounts.MountIdentity | None = None
+    """The identity of our mount on the target (the topmost one there), when connected."""
+    covered: bool = False
+    """Our mount is there, but something else is mounted on top of it: a Conflict that teardown reports
+    and never unmounts (umount would take the foreign mount on top)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": self.type, "mountPoint": self.target, "connected": self.connected}
@@ -379,6 +384,10 @@ class MountConnection:
         self.owned_id: fsops.Ident | None = None
         """(device, inode) of the mount point directory hoststorage created (set by :meth:`connect`, or
         from the ledger before :meth:`disconnect`); only that directory is ever removed."""
+        self.owned: mounts.MountIdentity | None = None
+        """The mount hoststorage made here, as the ledger recorded it (set by the reconciler, and by
+        :meth:`connect` right after mounting). None: no mount was recorded, so ours is matched by
+        source (a mount found in place before hoststorage, or an entry from before identities)."""
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} {self.source} on {self.mount_point}>"
@@ -394,20 +403,50 @@ class MountConnection:
     def mount_argv(self) -> tuple[str, ...]:
         return (*self.prefix, *mounts.mount_argv(self.source, self.mount_point, self.fstype, self.options))
 
-    def _matches(self, record: mounts.MountRecord) -> bool:
+    def _same_source(self, record: mounts.MountRecord) -> bool:
         return record.canonical_source == mounts.canonical_source(self.source)
+
+    def _matches(self, record: mounts.MountRecord) -> bool:
+        """Whether ``record`` is our mount: by its recorded identity, else (none recorded) by source."""
+        if self.owned is not None:
+            return self.owned.matches(record)
+        return self._same_source(record)
 
     def observe(self) -> ConnectionObserved:
         # Only the mount table is read while something is mounted there: an lstat of the mount point
         # would reach into the (possibly hung) storage.
         at = mounts.mounts_at(self.mount_point)
-        ours = [r for r in at if self._matches(r)]
-        if ours:
-            r = ours[-1]
-            return ConnectionObserved(self.type, self.mount_point, True, True, r.source, r.fstype, r.options)
-        if at:
-            r = at[-1]
-            foreign = f"{self.mount_point} already has {r.source} ({r.fstype}) mounted, not {self.source}"
+        top = mounts.topmost(self.mount_point, at)
+        if top is not None:
+            if self._matches(top):
+                return ConnectionObserved(
+                    self.type,
+                    self.mount_point,
+                    True,
+                    True,
+                    top.source,
+                    top.fstype,
+                    top.options,
+                    mount=mounts.MountIdentity.of(top),
+                )
+            if any(self._matches(r) for r in at):
+                covered = (
+                    f"{top.source} ({top.fstype}) is mounted on top of this connection's mount of "
+                    f"{self.source} on {self.mount_point}; hoststorage unmounts neither (unmount the one "
+                    "on top first)"
+                )
+                return ConnectionObserved(
+                    self.type, self.mount_point, False, True, conflict=covered, covered=True
+                )
+            if self.owned is not None and self._same_source(top):
+                foreign = (
+                    f"{self.mount_point} has {top.source} mounted, but not by hoststorage (its mount "
+                    f"{self.owned.mount_id} is gone); it is left alone"
+                )
+            else:
+                foreign = (
+                    f"{self.mount_point} already has {top.source} ({top.fstype}) mounted, not {self.source}"
+                )
             return ConnectionObserved(self.type, self.mount_point, False, True, conflict=foreign)
         conflict: str | None = None
         exists = os.path.lexists(self.mount_point)
@@ -422,6 +461,7 @@ class MountConnection:
             return []
         if observed.conflict:
             raise errors.Conflict(observed.conflict)
+        self._before_mount()
         plan = []
         if not observed.target_exists:
             plan.append(
@@ -438,6 +478,8 @@ class MountConnection:
         return plan
 
     def plan_disconnect(self, observed: ConnectionObserved, force: bool = False) -> list[actions.Action]:
+        if observed.covered:
+            raise errors.Covered(str(observed.conflict))
         plan = []
         if observed.connected:
             how = " (lazy if busy)" if force else ""
@@ -484,6 +526,7 @@ class MountConnection:
             return False
         if observed.conflict:
             raise errors.Conflict(observed.conflict)
+        self._before_mount()
         self._recheck_mount_point()
         created = self._mkdir()
         try:
@@ -492,6 +535,7 @@ class MountConnection:
             if created:
                 self._rmdir()
             raise
+        self._record_mount()
         try:
             self._check_access()
         except BaseException:
@@ -504,6 +548,17 @@ class MountConnection:
             raise
         log.info("connection %s: mounted %s on %s", self.name, self.source, self.mount_point)
         return True
+
+    def _before_mount(self) -> None:
+        """Checks of the source before it is mounted (and planned); a subclass adds its own."""
+
+    def _record_mount(self) -> None:
+        """Remember the mount just made (the topmost one on our point, of our source) as ours."""
+        top = mounts.topmost(self.mount_point)
+        if top is not None and self._same_source(top):
+            self.owned = mounts.MountIdentity.of(top)
+        else:
+            log.warning("connection %s: the mount just made is not on top of %s", self.name, self.mount_point)
 
     def _mount(self) -> None:
         mounts.mount(
@@ -566,6 +621,8 @@ class MountConnection:
 
     def disconnect(self, *, force: bool = False) -> bool:
         observed = self.observe()
+        if observed.covered:
+            raise errors.Covered(str(observed.conflict))
         if observed.conflict and not observed.connected:
             log.warning("connection %s: %s; not ours, leaving it", self.name, observed.conflict)
             return False
@@ -613,6 +670,16 @@ class NfsConnection(MountConnection):
 
 class PosixfsConnection(MountConnection):
     type = "posixfs"
+
+    def _before_mount(self) -> None:
+        # A device source in use elsewhere (mounted, backing /, held by dm/md, swap) is never mounted.
+        if self.source.startswith("/dev/"):
+            blockdevs.check_free(
+                self.source,
+                own_target=self.mount_point,
+                allow_shared=self.host.allow_shared_sources,
+                field="spec.posixfs.source",
+            )
 
 
 class GlusterfsConnection(MountConnection):

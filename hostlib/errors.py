@@ -131,6 +131,14 @@ class Conflict(HostStorageError):
     temporary = False
 
 
+class Covered(Conflict):
+    """hoststorage's own object is still there under something that is not ours (a mount on top).
+
+    Like any Conflict nothing is touched; unlike the others it is never forgotten, not even with
+    ``delete --force``: forgetting would leave our mount (or pool) behind with no entry owning it.
+    The way out is to remove what is on top; then the teardown runs as usual."""
+
+
 class NotFound(HostStorageError):
     reason = "NotFound"
 

@@ -56,11 +56,13 @@ Option policy (the spec is untrusted; options go to a privileged mount(8)):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import ipaddress
 import logging
 import os
 import re
+import struct
 from collections.abc import Callable, Iterable, Sequence
 
 from hostlib import commands, errors, paths
@@ -190,6 +192,130 @@ def mounts_at(target: str, records: Iterable[MountRecord] | None = None) -> list
     """Every record mounted on ``target`` (stacked mounts give several; the last one is on top)."""
     wanted = os.path.normpath(target)
     return [r for r in (read_mounts() if records is None else records) if r.target == wanted]
+
+
+def topmost(target: str, records: Iterable[MountRecord] | None = None) -> MountRecord | None:
+    """The mount users see on ``target``: the top of the stack of mounts there, or None.
+
+    A mount stacked on another one at the same path has that one's mount id as its parent id, so the
+    top is the record at ``target`` that no other record at ``target`` has as parent. Should there be
+    several such records (a mount left over under a parent that was itself mounted over), the last one
+    in mountinfo order wins: the kernel lists mounts in the order they were made.
+    """
+    at = mounts_at(target, records)
+    covered = {r.parent_id for r in at}
+    uncovered = [r for r in at if r.mount_id not in covered]
+    return uncovered[-1] if uncovered else (at[-1] if at else None)
+
+
+_SYS_STATMOUNT, _SYS_LISTMOUNT = 457, 458  # the same on every architecture (asm-generic numbering)
+_LSMT_ROOT = 0xFFFFFFFFFFFFFFFF
+_STATMOUNT_MNT_BASIC = 0x2
+_MNT_ID_REQ = "<IIQQ"  # struct mnt_id_req, version 0: size, spare, mnt_id, param
+_LISTMOUNT_BATCH = 1024
+
+
+def _syscall(number: int, *args: object) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = int(libc.syscall(number, *args))
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def unique_mount_id(mount_id: int) -> int | None:
+    """The kernel's 64-bit id of the mount mountinfo lists as ``mount_id``, or None where the kernel
+    has no ``listmount(2)`` / ``statmount(2)`` (before Linux 6.8) or the mount is gone.
+
+    The mountinfo id is reused (the kernel hands out the lowest free one, so a mount made after ours
+    went away may get our id); the 64-bit id is never reused while the host runs. Both calls read the
+    kernel's mount tree only: they never touch the (possibly hung) storage."""
+    try:
+        after = 0
+        while True:
+            req = struct.pack(_MNT_ID_REQ, 24, 0, _LSMT_ROOT, after)
+            ids = (ctypes.c_uint64 * _LISTMOUNT_BATCH)()
+            count = _syscall(_SYS_LISTMOUNT, ctypes.c_char_p(req), ids, _LISTMOUNT_BATCH, 0)
+            for unique in ids[:count]:
+                buf = ctypes.create_string_buffer(512)
+                stat_req = struct.pack(_MNT_ID_REQ, 24, 0, unique, _STATMOUNT_MNT_BASIC)
+                try:
+                    _syscall(_SYS_STATMOUNT, ctypes.c_char_p(stat_req), buf, len(buf), 0)
+                except OSError:
+                    continue  # unmounted since listmount
+                # struct statmount: mnt_id (u64) at 40, mnt_parent_id (u64) at 48, mnt_id_old (u32) at 56
+                if struct.unpack_from("<I", buf.raw, 56)[0] == mount_id:
+                    return int(unique)
+            if count < _LISTMOUNT_BATCH:
+                return None
+            after = int(ids[count - 1])
+    except (OSError, AttributeError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class MountIdentity:
+    """What identifies one mount hoststorage made, recorded in the ledger right after mounting.
+
+    The path alone never does: anyone can mount on the same point (stacked), or unmount ours and
+    mount something else there. The kernel's mount id names one mount while it exists, but mountinfo's
+    ids are reused, so the 64-bit id that never is (``unique_id``, Linux 6.8+) is recorded too where
+    the kernel has it; the device number, file system type and canonical source guard the rest (on an
+    older kernel a same-source mount on the same point that got our reused id cannot be told apart).
+    """
+
+    mount_id: int
+    major_minor: str
+    fstype: str
+    source: str
+    unique_id: int | None = None
+
+    @classmethod
+    def of(cls, record: MountRecord) -> MountIdentity:
+        return cls(
+            record.mount_id,
+            record.major_minor,
+            record.fstype,
+            record.canonical_source,
+            unique_mount_id(record.mount_id),
+        )
+
+    def matches(self, record: MountRecord) -> bool:
+        seen = (record.mount_id, record.major_minor, record.fstype, record.canonical_source)
+        if (self.mount_id, self.major_minor, self.fstype, self.source) != seen:
+            return False
+        if self.unique_id is None:
+            return True
+        # The cheap fields agree; only now ask the kernel which mount this id is today.
+        return unique_mount_id(record.mount_id) in (self.unique_id, None)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "mountId": self.mount_id,
+            "majorMinor": self.major_minor,
+            "fstype": self.fstype,
+            "source": self.source,
+        }
+        if self.unique_id is not None:
+            out["uniqueId"] = self.unique_id
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: object) -> MountIdentity | None:
+        """The identity a ledger entry recorded; None when there is none or it is malformed."""
+        if not isinstance(raw, dict):
+            return None
+        mount_id, major_minor = raw.get("mountId"), raw.get("majorMinor")
+        fstype, source = raw.get("fstype"), raw.get("source")
+        if isinstance(mount_id, bool) or not isinstance(mount_id, int):
+            return None
+        if not all(isinstance(v, str) and v for v in (major_minor, fstype, source)):
+            return None
+        unique = raw.get("uniqueId")
+        if unique is not None and (isinstance(unique, bool) or not isinstance(unique, int)):
+            return None
+        return cls(mount_id, str(major_minor), str(fstype), str(source), unique)
 
 
 def mounts_under(base: str, records: Iterable[MountRecord] | None = None) -> list[MountRecord]:
@@ -617,7 +743,11 @@ def mount_argv(source: str, target: str, fstype: str, options: Sequence[str]) ->
 
 
 def umount_argv(target: str, *, lazy: bool = False, force: bool = False) -> tuple[str, ...]:
-    argv = ["umount"]
+    """umount(8) of exactly ``target``: ``--no-canonicalize`` keeps umount from resolving the path,
+    which stats the mounted file system and blocks in D state on hung NFS or gluster (measured: a
+    ``delete`` of a SIGSTOPped gluster volume took over 70 s without it). Callers pass the confined
+    mount point as it appears in mountinfo, so nothing needs resolving."""
+    argv = ["umount", "--no-canonicalize"]
     if force:
         argv.append("-f")
     if lazy:
@@ -663,10 +793,17 @@ def umount(
     lazy: bool = False,
     force: bool = False,
 ) -> None:
-    """Run umount(8); "target is busy" -> InUse naming the holders we can find cheaply."""
+    """Run umount(8) on exactly ``target`` (never canonicalised); "target is busy" -> InUse naming the
+    holders we can find cheaply; no answer within ``timeout`` -> UnmountFailed saying so (the runner
+    abandons a umount stuck in D state: the caller is never held longer than the timeout and 5 s)."""
     try:
         runner(umount_argv(target, lazy=lazy, force=force), timeout=timeout)
     except commands.CommandError as exc:
+        if exc.timed_out:
+            raise errors.UnmountFailed(
+                f"umount {target} timed out after {timeout:g}s: the storage does not answer (hung?); "
+                "the mount is left in place (delete --force detaches it lazily)"
+            ) from exc
         text = exc.tool_message
         if "busy" in text.lower():
             holders = find_holders(target)

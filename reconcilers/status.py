@@ -272,6 +272,8 @@ def _conflict(
     dry_run: bool,
 ) -> NodeResult:
     """What hoststorage recorded is no longer ours on the host: never touched; forgotten with force."""
+    if isinstance(exc, errors.Covered):  # ours is still there, under a foreign object: never forgotten
+        return results.make(name, Phase.TEARDOWN_FAILED, exc.reason, exc.message, detail=detail, retry=True)
     if not force:
         message = f"{exc.message} (delete --force forgets this entry and leaves the host as it is)"
         return results.make(name, Phase.TEARDOWN_FAILED, exc.reason, message, detail=detail, retry=True)

@@ -329,7 +329,12 @@ def _recorded_target(entry: ledger.LedgerEntry) -> str | None:
 
 
 def _entry(
-    conn: ConnectionSpec, target: str, *, preexisting: bool, target_id: tuple[int, int] | None = None
+    conn: ConnectionSpec,
+    target: str,
+    *,
+    preexisting: bool,
+    target_id: tuple[int, int] | None = None,
+    mount: mounts.MountIdentity | None = None,
 ) -> ledger.LedgerEntry:
     resource: dict[str, Any] = {
         "type": conn.type,
@@ -341,6 +346,8 @@ def _entry(
         # The (device, inode) of the mount point directory or localfs link hoststorage created: a
         # later teardown removes only that (hostlib.fsops compares it).
         resource["targetId"] = list(target_id)
+    if mount is not None:
+        resource["mount"] = mount.to_dict()
     return ledger.LedgerEntry(KIND, conn.name, conn.uid, resource)
 
 
@@ -351,9 +358,18 @@ def _recorded_id(entry: ledger.LedgerEntry | None) -> tuple[int, int] | None:
     return None
 
 
+def _claimed(conn: connections.Connection, entry: ledger.LedgerEntry | None) -> connections.Connection:
+    """``conn``, told which mount is ours: the identity ``entry`` recorded (mount id, device, type,
+    source), so a mount on the same point is ours only if it is that one (never by the path)."""
+    if isinstance(conn, connections.MountConnection) and entry is not None:
+        conn.owned = mounts.MountIdentity.from_dict(entry.resource.get("mount"))
+    return conn
+
+
 def _connection_for(entry: ledger.LedgerEntry, host: host_mod.Host) -> connections.Connection:
-    """The connection a ledger entry records, told what it created (so only that is undone)."""
-    conn = host.make_connection(entry.name, _entry_spec(entry).params, host.config)
+    """The connection a ledger entry records, told what it created (the mount point or link, and the
+    mount), so only that is undone."""
+    conn = _claimed(host.make_connection(entry.name, _entry_spec(entry).params, host.config), entry)
     connections.claim(conn, _recorded_id(entry))
     return conn
 
@@ -415,6 +431,7 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         if entry is not None and _recorded_target(entry) not in (None, target):
             plan, changed = _move_away(conn_spec, entry, host, dry_run=dry_run)
             entry = None
+        conn = _claimed(conn, entry)
         observed = conn.observe()
         plan += conn.plan_connect(observed)  # raises Conflict for a foreign mount on our target
     except errors.HostStorageError as exc:
@@ -433,15 +450,21 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
 
     recorded_id = _recorded_id(entry)
     connections.claim(conn, recorded_id)
+    mount = observed.mount
     try:
-        # Written ahead of the change.
-        host.ledger.put(_entry(conn_spec, target, preexisting=preexisting, target_id=recorded_id))
+        # Written ahead of the change; the identity of a mount already there is kept.
+        ahead = _entry(conn_spec, target, preexisting=preexisting, target_id=recorded_id, mount=mount)
+        host.ledger.put(ahead)
         if plan:
             changed = bool(conn.connect()) or changed
             made = connections.owned_id(conn)
-            if made is not None and made != recorded_id:
-                host.ledger.put(_entry(conn_spec, target, preexisting=preexisting, target_id=made))
             observed = conn.observe()  # verify: the host must now show it connected
+            if changed:  # what was just made is ours by its ident and its mount identity from now on
+                made = made if made is not None else recorded_id
+                entry_now = _entry(
+                    conn_spec, target, preexisting=preexisting, target_id=made, mount=observed.mount or mount
+                )
+                host.ledger.put(entry_now)
     except (errors.HostStorageError, OSError) as exc:
         if entry is None:
             _forget_if_nothing_made(name, conn, host)
@@ -451,14 +474,19 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         return RESULTS.make(
             name, status.Phase.FAILED, "NotConnected", why, detail=base_detail, changed=changed, retry=True
         )
-    if changed:
-        message = f"connected {observed.source or _source_of(conn_spec)}"
-    elif preexisting:
-        message = "connected before hoststorage came: it uses it but will never undo it"
-    else:
-        message = "connected"
+    message = _connected_message(conn_spec, observed, changed=changed, preexisting=preexisting)
     detail = _detail(conn_spec.type, observed, preexisting=preexisting)
     return RESULTS.make(name, status.Phase.CONNECTED, "Connected", message, detail=detail, changed=changed)
+
+
+def _connected_message(
+    conn_spec: ConnectionSpec, observed: connections.ConnectionObserved, *, changed: bool, preexisting: bool
+) -> str:
+    if changed:
+        return f"connected {observed.source or _source_of(conn_spec)}"
+    if preexisting:
+        return "connected before hoststorage came: it uses it but will never undo it"
+    return "connected"
 
 
 # ---------------------------------------------------------------------------------------- teardown
@@ -517,15 +545,19 @@ def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult
     """What ``hoststorage status`` shows for one ledger entry: observed now, nothing changed."""
     try:
         recorded = _entry_spec(entry)
-        conn = host.make_connection(recorded.name, recorded.params, host.config)
+        conn = _claimed(host.make_connection(recorded.name, recorded.params, host.config), entry)
         observed = conn.observe()
     except errors.HostStorageError as exc:
         return RESULTS.error(entry.name, exc)
     if observed.connected:
         detail = _detail(recorded.type, observed, preexisting=bool(entry.resource.get("preexisting")))
         return RESULTS.make(entry.name, status.Phase.CONNECTED, "Connected", "connected", detail=detail)
-    why = observed.conflict or "not connected; the next apply restores it"
     detail = {"type": recorded.type, _target_key(recorded.type): observed.target}
+    if observed.conflict:
+        return RESULTS.make(
+            entry.name, status.Phase.FAILED, errors.Conflict.reason, observed.conflict, detail=detail
+        )
+    why = "not connected; the next apply restores it"
     return RESULTS.make(entry.name, status.Phase.PENDING, "NotConnected", why, detail=detail)
 
 
@@ -541,7 +573,7 @@ def resolve(host: host_mod.Host, name: str, sub_path: str | None = None) -> str 
         return None
     try:
         recorded = _entry_spec(entry)
-        conn = host.make_connection(recorded.name, recorded.params, host.config)
+        conn = _claimed(host.make_connection(recorded.name, recorded.params, host.config), entry)
         observed = conn.observe()
     except errors.InvalidSpec:
         return None

@@ -25,10 +25,11 @@ import logging
 import os
 import re
 import stat
+import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from hostlib import actions, errors, fsops, ledger, leftovers, libvirt_pools, paths
+from hostlib import actions, blockdevs, errors, fsops, ledger, leftovers, libvirt_pools, mounts, paths
 from reconcilers import host as host_mod
 from reconcilers import kind, selector, spec, status, storage_connection
 
@@ -342,6 +343,9 @@ def desired_definition(pool: PoolSpec, host: host_mod.Host) -> Desired:
     if isinstance(src, FsSource):
         device = _check_device(src.device, "spec.fs.device")
         target = paths.confine(host.config.mount_base, f"{POOLS_SUBDIR}/{name}")
+        blockdevs.check_free(
+            device, own_target=target, allow_shared=host.config.allow_shared_sources, field="spec.fs.device"
+        )
         return Desired(
             libvirt_pools.PoolDefinition(
                 name=name, type="fs", target_path=target, source_devices=(device,), source_format=src.format
@@ -413,9 +417,14 @@ def logical_definition(name: str, src: LogicalSource) -> libvirt_pools.PoolDefin
     )
 
 
-def _conflict_reason(
+def conflict_reason(
     spec_name: str, libvirt_name: str, observed: libvirt_pools.PoolObserved | None, host: host_mod.Host
 ) -> str | None:
+    """Why StoragePool ``spec_name`` may not touch libvirt pool ``libvirt_name``, or None.
+
+    The one ownership rule of pools: an existing pool is ours only when our ledger entry names it and
+    recorded the UUID it has; another object's entry, no entry, no recorded UUID or another UUID is a
+    Conflict (the pool is reported, never redefined or destroyed)."""
     for other in host.ledger.entries(KIND):
         if other.name != spec_name and other.resource.get("libvirtName") == libvirt_name:
             return f"libvirt pool {libvirt_name} belongs to StoragePool {other.name}"
@@ -425,12 +434,59 @@ def _conflict_reason(
     if entry is None or entry.resource.get("libvirtName") != libvirt_name:
         return f"libvirt pool {libvirt_name} exists and was not made by hoststorage; it is left alone"
     uuid = entry.resource.get("uuid")
-    if uuid and uuid != observed.uuid:
+    if not uuid:
+        # Only the UUID hoststorage recorded claims a pool: a name alone could be an admin's pool.
+        return (
+            f"libvirt pool {libvirt_name} exists, but the ledger records no UUID hoststorage defined it "
+            "with; it is not claimed and is left alone"
+        )
+    if uuid != observed.uuid:
         return (
             f"libvirt pool {libvirt_name} has UUID {observed.uuid}, not the {uuid} hoststorage defined; "
             "it was replaced outside hoststorage and is left alone"
         )
     return None
+
+
+def _mount_source(defn: libvirt_pools.PoolDefinition) -> str | None:
+    """What libvirt mounts on the target of an fs or netfs pool (None: the pool type mounts nothing)."""
+    if defn.type == "fs" and defn.source_devices:
+        return defn.source_devices[0]
+    if defn.type == "netfs" and defn.source_host and defn.source_dir:
+        return f"{defn.source_host}:{defn.source_dir}"
+    return None
+
+
+def target_conflict(
+    defn: libvirt_pools.PoolDefinition,
+    active: bool,
+    records: Iterable[mounts.MountRecord] | None = None,
+) -> str | None:
+    """Why the mount table at an fs/netfs pool's target is not the pool's own, or None.
+
+    Only the topmost mount on the target is what users (and libvirt's ``umount`` on destroy) see: a
+    running pool whose mount has something else on top is a Conflict (destroy would unmount the
+    foreign mount); a stopped pool whose target already has a mount is one too (start would mount on
+    top of it). Reads the mount table only: never touches the (possibly hung) storage."""
+    source = _mount_source(defn)
+    if source is None or not defn.target_path:
+        return None
+    at = mounts.mounts_at(defn.target_path, records)
+    top = mounts.topmost(defn.target_path, at)
+    if top is None:
+        return None
+    wanted = mounts.canonical_source(source)
+    if active and top.canonical_source == wanted:
+        return None
+    if active and any(r.canonical_source == wanted for r in at):
+        return (
+            f"{top.source} ({top.fstype}) is mounted on top of pool {defn.name}'s {source} on "
+            f"{defn.target_path}; hoststorage neither restarts nor stops the pool (unmount the one on top)"
+        )
+    return (
+        f"{defn.target_path} has {top.source} ({top.fstype}) mounted, which is not pool {defn.name}'s "
+        f"{source}; the pool is left alone"
+    )
 
 
 def plan(
@@ -571,14 +627,22 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
     changed = False
     try:
         observed = layer.observe(name)
-        conflict = _conflict_reason(pool.name, name, observed, host)
+        conflict = conflict_reason(pool.name, name, observed, host)
+        if conflict is None:
+            conflict = target_conflict(
+                observed.definition if observed else desired.definition,
+                observed is not None and observed.active,
+            )
         if conflict is not None:
             return RESULTS.make(
                 pool.name, status.Phase.FAILED, errors.Conflict.reason, conflict, detail=base_detail
             )
         entry = host.ledger.get(KIND, pool.name)
         old_name = entry.resource.get("libvirtName") if entry is not None else None
-        definition = dataclasses.replace(desired.definition, uuid=observed.uuid if observed else None)
+        # The UUID is chosen here, before define, and written ahead: the pool libvirt then holds is ours
+        # by the UUID the ledger recorded, even if this process dies between define and the next write.
+        uuid = observed.uuid if observed else _new_uuid(entry, name)
+        definition = dataclasses.replace(desired.definition, uuid=uuid)
         planned = plan(
             definition,
             observed,
@@ -593,7 +657,7 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
             changed = True
         target_id = _dir_target(desired, entry)
         # Intent first: a crash between define and the ledger write must not orphan an unowned pool.
-        _record(pool, host, desired, observed.uuid if observed else None, target_id)
+        _record(pool, host, desired, uuid, target_id)
         if desired.chap is not None and desired.definition.auth_secret_usage:
             changed |= layer.set_secret(
                 desired.definition.auth_secret_usage,
@@ -616,6 +680,10 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
             now = layer.observe(name)
             if now is not None:
                 detail = now.to_detail()
+            elif entry is None:
+                # The first define produced nothing: the write-ahead entry must not claim this name
+                # (a pool an admin defines later under it would otherwise be taken for ours).
+                host.ledger.remove(KIND, pool.name)
         return RESULTS.error(pool.name, exc, detail=detail, changed=changed)
     return _observed_result(pool.name, after, changed=changed, planned=planned)
 
@@ -665,6 +733,16 @@ def _verify_dir_target(
         raise errors.Conflict(why) from None
 
 
+def _new_uuid(entry: ledger.LedgerEntry | None, libvirt_name: str) -> str:
+    """The UUID to define a missing pool with: the one recorded for it (redefined after an outside
+    undefine: still ours), else a fresh one."""
+    if entry is not None and entry.resource.get("libvirtName") == libvirt_name:
+        recorded = entry.resource.get("uuid")
+        if isinstance(recorded, str) and recorded:
+            return recorded
+    return str(uuid_mod.uuid4())
+
+
 # ------------------------------------------------------------------------------------------ teardown
 
 
@@ -675,7 +753,7 @@ def _ours(entry: ledger.LedgerEntry, layer: host_mod.Pools) -> libvirt_pools.Poo
         return None
     observed = layer.observe(name)
     uuid = entry.resource.get("uuid")
-    if observed is not None and uuid and uuid != observed.uuid:
+    if observed is not None and uuid != observed.uuid:
         log.warning(
             "StoragePool %s: libvirt pool %s has UUID %s, not ours (%s); left alone",
             entry.name,
@@ -701,6 +779,9 @@ def _teardown_entry(entry: ledger.LedgerEntry, host: host_mod.Host, layer: host_
     changed = False
     observed = _ours(entry, layer)
     if observed is not None:
+        stacked = target_conflict(observed.definition, observed.active)
+        if stacked is not None:
+            raise errors.Covered(stacked)
         if observed.active:
             layer.destroy(observed.name)
             changed = True
@@ -724,6 +805,9 @@ def _plan_teardown_entry(
     planned: list[actions.Action] = []
     observed = _ours(entry, layer)
     if observed is not None:
+        stacked = target_conflict(observed.definition, observed.active)
+        if stacked is not None:
+            raise errors.Covered(stacked)
         if observed.active:
             planned.append(
                 actions.Action("pool-destroy", f"stop libvirt pool {observed.name} (volumes stay)")
@@ -733,10 +817,12 @@ def _plan_teardown_entry(
     usage = entry.resource.get("secretUsage")
     if isinstance(usage, str) and usage and layer.secret_uuid(usage) is not None:
         planned.append(actions.Action("secret-undefine", f"undefine libvirt secret {usage}"))
+    # A mount target is a directory: never stat it (a running netfs pool's mount may hang).
+    targets = {r.target for r in mounts.read_mounts()}
     planned += [
         actions.Action("rmdir", f"remove {p} if empty", path=p)
         for p in _owned_dirs(entry, host)
-        if os.path.isdir(p)
+        if p in targets or os.path.isdir(p)
     ]
     return planned
 
@@ -789,9 +875,22 @@ def observe(entry: ledger.LedgerEntry, host: host_mod.Host) -> status.NodeResult
             entry.name, status.Phase.FAILED, "LedgerCorrupt", "ledger entry has no libvirtName"
         )
     try:
-        observed = layer_for(host).observe(name)
+        layer = layer_for(host)
+        observed = layer.observe(name)
+        ours = _ours(entry, layer)
     except errors.HostStorageError as exc:
         return RESULTS.error(entry.name, exc, detail={"libvirtName": name})
+    if observed is not None and ours is None:
+        why = f"libvirt pool {name} is not the one hoststorage defined (UUID {observed.uuid}); left alone"
+        return RESULTS.make(
+            entry.name, status.Phase.FAILED, errors.Conflict.reason, why, detail={"libvirtName": name}
+        )
+    if ours is not None:
+        stacked = target_conflict(ours.definition, ours.active)
+        if stacked is not None:
+            return RESULTS.make(
+                entry.name, status.Phase.FAILED, errors.Conflict.reason, stacked, detail=ours.to_detail()
+            )
     return _observed_result(entry.name, observed, changed=False, planned=[])
 
 

@@ -233,6 +233,9 @@ class Cluster:
             HOSTSTORAGE,
             "--log-level",
             "INFO",
+            # The "nodes" of this harness are one machine: each mounts the same loop device on its own
+            # mount base, which on a real node would be a source in use elsewhere.
+            "--allow-shared-sources",
             "--state-dir",
             str(d / "state"),
             "--mount-base",

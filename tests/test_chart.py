@@ -50,6 +50,7 @@ NON_DEFAULT: dict[str, Any] = {
         "commandTimeoutSeconds": 90,
         "allowSuid": True,
         "allowDev": True,
+        "allowSharedSources": True,
         "qemuUser": "qemu",
         "resyncSeconds": 30,
         "workers": 8,
@@ -186,6 +187,7 @@ def test_non_default_values_reach_the_objects() -> None:
     assert "HOSTSTORAGE_USE_HOST_SCOPE" not in env  # null: the agent decides
     assert env["HOSTSTORAGE_MOUNT_BASE"] == "/rhev/data-center/mnt"
     assert env["HOSTSTORAGE_QEMU_USER"] == "qemu"
+    assert env["HOSTSTORAGE_ALLOW_SHARED_SOURCES"] == "true"
     assert env["HOSTSTORAGE_HEALTH_PORT"] == "19720" and env["TZ"] == "UTC"
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     for path in ("/srv/storage", "/data/images", "/rhev/data-center/mnt", "/var/lib/hs-state"):
@@ -243,6 +245,7 @@ def test_agent_daemonset_has_the_privileges_and_mounts_the_agent_needs() -> None
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["HOSTSTORAGE_HOST_NAMESPACES"] == "true"
     assert env["HOSTSTORAGE_USE_HOST_SCOPE"] == "true"  # FUSE helpers outlive the pod
+    assert env["HOSTSTORAGE_ALLOW_SHARED_SOURCES"] == "false"  # a source in use elsewhere is refused
     volumes = {v["name"]: v for v in spec["volumes"]}
     mounts = {m["name"]: m for m in agent["volumeMounts"]}
     host_paths = {name: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v}

@@ -81,6 +81,17 @@ def test_settings_defaults() -> None:
     assert named.host_config().qemu_user == "libvirt-qemu"
 
 
+def test_shared_sources_are_refused_unless_the_admin_allows_them() -> None:
+    """Off by default; the flag or HOSTSTORAGE_ALLOW_SHARED_SOURCES turns it on, into the HostConfig."""
+    assert settings.Settings.build(parse(), {}).host_config().allow_shared_sources is False
+    flag = settings.Settings.build(parse("--allow-shared-sources"), {})
+    assert flag.allow_shared_sources is True and flag.host_config().allow_shared_sources is True
+    env = settings.Settings.build(parse(), {"HOSTSTORAGE_ALLOW_SHARED_SOURCES": "true"})
+    assert env.host_config().allow_shared_sources is True
+    off = settings.Settings.build(parse(), {"HOSTSTORAGE_ALLOW_SHARED_SOURCES": "false"})
+    assert off.host_config().allow_shared_sources is False
+
+
 def test_flags_override_environment_which_overrides_defaults() -> None:
     env = {
         "HOSTSTORAGE_STATE_DIR": "/env/state",
@@ -262,7 +273,7 @@ GLOBAL_VALUES = {"DIR": ("/before", "/after"), "URI": ("qemu:///before", "qemu:/
 
 def _global_flags() -> list[argparse.Action]:
     """The top-level parser's flags other than --help/--version, read off the parser itself."""
-    return [a for a in cli.build_parser()._actions if a.option_strings and a.nargs != 0]
+    return [a for a in cli.build_parser()._actions if a.option_strings and a.dest not in ("help", "version")]
 
 
 def test_the_global_flags_are_the_settings_flags() -> None:
@@ -277,6 +288,11 @@ def test_every_global_flag_works_before_and_after_every_subcommand(command: str)
     rest = REQUIRED.get(command, [])
     for action in _global_flags():
         flag, dest = action.option_strings[0], action.dest
+        if action.nargs == 0:  # a switch: on when given, in either place
+            assert getattr(cli.parse([command, *rest])[1], dest) is None, (flag, command)
+            assert getattr(cli.parse([flag, command, *rest])[1], dest) is True, (flag, "before", command)
+            assert getattr(cli.parse([command, *rest, flag])[1], dest) is True, (flag, "after", command)
+            continue
         before, after = GLOBAL_VALUES[str(action.metavar)]
         repeatable = isinstance(action, argparse._AppendAction)
         expect = (lambda v: [v]) if repeatable else (lambda v: v)
@@ -322,4 +338,5 @@ def test_every_subcommand_help_shows_the_global_flags(command: str) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "global options (also accepted before the command; given here, they win)" in proc.stdout
     for spec in cli.GLOBAL_FLAGS:
-        assert f"{spec.flag} {spec.metavar}" in proc.stdout, (command, spec.flag)
+        shown = spec.flag if spec.switch else f"{spec.flag} {spec.metavar}"
+        assert shown in proc.stdout, (command, spec.flag)

@@ -338,9 +338,11 @@ def test_mount_and_umount_argv() -> None:
         "/b/x",
     )
     assert mounts.mount_argv("s:/a", "/b/s:_a", "nfs", []) == ("mount", "-t", "nfs", "s:/a", "/b/s:_a")
-    assert mounts.umount_argv("/b/x") == ("umount", "/b/x")
-    assert mounts.umount_argv("/b/x", lazy=True) == ("umount", "-l", "/b/x")
-    assert mounts.umount_argv("/b/x", lazy=True, force=True) == ("umount", "-f", "-l", "/b/x")
+    assert mounts.umount_argv("/b/x") == ("umount", "--no-canonicalize", "/b/x")
+    assert mounts.umount_argv("/b/x", lazy=True) == ("umount", "--no-canonicalize", "-l", "/b/x")
+    assert mounts.umount_argv("/b/x", lazy=True, force=True) == (
+        "umount", "--no-canonicalize", "-f", "-l", "/b/x"
+    )  # fmt: skip
 
 
 class ScriptedRunner(FakeRunner):
