@@ -630,15 +630,19 @@ def _recorded_target_id(entry: ledger.LedgerEntry | None) -> fsops.Ident | None:
 def _dir_target(desired: Desired, entry: ledger.LedgerEntry | None) -> fsops.Ident | None:
     """A dir pool's directory, made (or found) by hoststorage before libvirt sees it: its ident.
 
-    The one recorded by an earlier run must still be there (Conflict otherwise); a new one is made
-    through :mod:`hostlib.fsops` (no link followed below the allowed root)."""
+    The one recorded by an earlier run must still be that directory (Conflict when something else is
+    at its path); a missing one, or a new one, is made through :mod:`hostlib.fsops` (no link followed
+    below the allowed root)."""
     if not desired.dir_root:
         return None
     path = desired.definition.target_path or ""
     recorded = _recorded_target_id(entry)
     if recorded is not None and entry is not None and entry.resource.get("targetPath") == path:
-        libvirt_pools.check_dir_target(desired.dir_root, path, recorded)
-        return recorded
+        try:
+            libvirt_pools.check_dir_target(desired.dir_root, path, recorded)
+            return recorded
+        except FileNotFoundError:
+            pass  # gone (drift): made again below, as libvirt's build would
     return libvirt_pools.make_dir_target(desired.dir_root, path)
 
 
