@@ -142,7 +142,7 @@ def _confine_fd(fd: int, root: str, path: str) -> None:
         raise CheckFailed("confine", f"{path} resolves to {real}, outside {real_root}")
 
 
-def _read(path: str, root: str, want_data: bool, limit: int) -> dict[str, Any]:
+def _read(path: str, root: str, want_data: bool, limit: int, *, nofollow: bool = False) -> dict[str, Any]:
     # Resolved before opening: opening a device a symlink points at can have effects of its own
     # (a watchdog starts, a tape rewinds). Checked again on the descriptor after opening (a race).
     try:
@@ -150,15 +150,17 @@ def _read(path: str, root: str, want_data: bool, limit: int) -> dict[str, Any]:
     except OSError as exc:
         raise _oserror("confine", path, exc) from exc
     direct = True
+    # A probe file is a regular file hoststorage made: a link in its place is reported, not read through.
+    extra = os.O_NOFOLLOW if nofollow else 0
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC | extra)
     except OSError as exc:
         if exc.errno != errno.EINVAL:
             raise _oserror("open", path, exc) from exc
         # tmpfs and a few FUSE filesystems refuse O_DIRECT; a cached read still proves the path answers.
         direct = False
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | extra)
         except OSError as exc2:
             raise _oserror("open", path, exc2) from exc2
     # mmap gives the page-aligned buffer O_DIRECT needs; one per worker thread, reused.
@@ -241,7 +243,8 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
     elif req.get("kind"):
         kind = str(req["kind"])
     want_data = bool(req.get("data")) or kind == "metadata"
-    out.update(_read(str(path), root, want_data, int(req.get("limit") or DEFAULT_LIMIT)))
+    limit = int(req.get("limit") or DEFAULT_LIMIT)
+    out.update(_read(str(path), root, want_data, limit, nofollow=kind == "probe"))
     out["path"] = str(path)
     out["kind"] = kind
     if req.get("statvfs", True):

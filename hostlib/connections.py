@@ -28,6 +28,7 @@ import errno
 import logging
 import os
 import re
+import secrets as pysecrets
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -770,7 +771,7 @@ class LocalfsConnection:
                 raise errors.Conflict(f"{self.link} exists and was not made by hoststorage; left alone")
             fsops.remove(root, name, expect=self.owned_id, kind="link")
         # Made under a private name and renamed into place: the link appears whole, never half-made.
-        tmp = f"{name}.tmp.{os.getpid()}"
+        tmp = f"{name}.tmp.{pysecrets.token_hex(6)}"  # never an old leftover's name
         made = fsops.symlink(root, tmp, real)
         fsops.rename(root, tmp, name, expect=made)
         self.owned_id = made

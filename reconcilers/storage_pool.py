@@ -621,6 +621,9 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
     try:
         desired = desired_definition(pool, host)
         layer = layer_for(host)
+    except errors.InvalidSpec as exc:
+        moved = _recorded_dir_moved(pool, host)
+        return RESULTS.error(pool.name, moved or exc, detail=base_detail)
     except errors.HostStorageError as exc:
         return RESULTS.error(pool.name, exc, detail=base_detail)
     name = pool.libvirt_name
@@ -698,16 +701,46 @@ def _recorded_target_id(entry: ledger.LedgerEntry | None) -> fsops.Ident | None:
 def _dir_target(desired: Desired, entry: ledger.LedgerEntry | None) -> fsops.Ident | None:
     """A dir pool's directory, made (or found) by hoststorage before libvirt sees it: its ident.
 
-    The one recorded by an earlier run must still be there (Conflict otherwise); a new one is made
-    through :mod:`hostlib.fsops` (no link followed below the allowed root)."""
+    The one recorded by an earlier run must still be that directory (Conflict when something else is
+    at its path); a missing one, or a new one, is made through :mod:`hostlib.fsops` (no link followed
+    below the allowed root)."""
     if not desired.dir_root:
         return None
     path = desired.definition.target_path or ""
     recorded = _recorded_target_id(entry)
     if recorded is not None and entry is not None and entry.resource.get("targetPath") == path:
-        libvirt_pools.check_dir_target(desired.dir_root, path, recorded)
-        return recorded
+        try:
+            libvirt_pools.check_dir_target(desired.dir_root, path, recorded)
+            return recorded
+        except FileNotFoundError:
+            pass  # gone (drift): made again below, as libvirt's build would
     return libvirt_pools.make_dir_target(desired.dir_root, path)
+
+
+def _recorded_dir_moved(pool: PoolSpec, host: host_mod.Host) -> errors.Conflict | None:
+    """A dir pool made earlier whose path no longer confines (swapped for a link after apply): the
+    pool libvirt runs may now serve a directory outside every allowed root. Destroy and undefine it and
+    answer Conflict; None when there is no such recorded pool (the spec error stands)."""
+    entry = host.ledger.get(KIND, pool.name)
+    recorded = _recorded_target_id(entry)
+    path = entry.resource.get("targetPath") if entry is not None else None
+    if entry is None or recorded is None or not isinstance(path, str):
+        return None
+    if not isinstance(pool.source, DirSource):
+        return None
+    roots = [os.path.realpath(r) for r in host.config.allowed_host_paths]
+    root = next((r for r in roots if paths.is_under(r, path)), None)
+    if root is None:
+        return None
+    try:
+        libvirt_pools.check_dir_target(root, path, recorded)
+    except errors.Conflict as exc:
+        with contextlib.suppress(errors.HostStorageError):
+            _teardown_entry(entry, host, layer_for(host))
+        return errors.Conflict(f"{exc.message}: libvirt pool {pool.libvirt_name} destroyed and undefined")
+    except OSError:
+        return None
+    return None
 
 
 def _verify_dir_target(

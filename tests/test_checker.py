@@ -7,6 +7,7 @@ test_domain_monitor_storage.py).
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import re
@@ -255,3 +256,15 @@ def test_runtime_reports_once_per_transition_and_exports_metrics(tmp_path: pathl
         rt.stop()
     st = dmon.MonitorStatus()
     assert st.state is dmon.State.UNKNOWN
+
+
+def test_a_probe_swapped_for_a_link_is_reported_not_read_through(
+    chk: checker.Checker, tmp_path: pathlib.Path
+) -> None:
+    r = chk.check(checker.CheckRequest(target=str(tmp_path)), timeout=5)
+    assert r is not None and r.ok and r.path
+    (tmp_path / "image").write_bytes(b"disk" * 1024)
+    os.unlink(r.path)
+    os.symlink(tmp_path / "image", r.path)
+    again = chk.check(dmon.followup_request(checker.CheckRequest(target=str(tmp_path)), r), timeout=5)
+    assert again is not None and not again.ok and again.stage == "open" and again.errno == errno.ELOOP

@@ -242,30 +242,36 @@ def test_remove_of_a_replaced_file_is_conflict(mode: str, root: Path) -> None:
     assert (root / "sub" / "probe").read_bytes() == b"someone's"
 
 
+@pytest.mark.parametrize("kind", ["file", "dir"])
 @pytest.mark.parametrize("step", ["walked", "aside"])
-def test_remove_with_a_link_swapped_in_at_each_step(
-    mode: str, step: str, root: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
+def test_remove_and_rmdir_with_a_link_swapped_in_at_each_step(
+    mode: str, step: str, kind: str, root: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """walked: the name is replaced before the remove (Conflict, link kept); aside: our file was already
+    """walked: the name is replaced before the remove (Conflict, link kept); aside: ours was already
     moved aside and the attacker plants a link at the free name (ours removed, the link kept)."""
-    made = fsops.create_file(str(root), "sub/probe", b"x")
+    made = fsops.create_file(str(root), "sub/x", b"x") if kind == "file" else fsops.mkdir(str(root), "sub/x")
+    target = victim if kind == "file" else victim.parent
     before = fingerprint(victim)
 
     def swap(_name: str) -> None:
-        p = root / "sub" / "probe"
-        if p.exists() or p.is_symlink():
+        p = root / "sub" / "x"
+        if p.is_symlink() or p.is_file():
             p.unlink()
-        p.symlink_to(victim)
+        elif p.is_dir():
+            p.rmdir()
+        p.symlink_to(target)
 
     at_step(monkeypatch, step, swap)
+    undo = fsops.remove if kind == "file" else fsops.rmdir
     if step == "walked":
         with pytest.raises(errors.Conflict):
-            fsops.remove(str(root), "sub/probe", expect=made)
+            undo(str(root), "sub/x", expect=made)
     else:
-        assert fsops.remove(str(root), "sub/probe", expect=made) is True
+        assert undo(str(root), "sub/x", expect=made) is True
     assert fingerprint(victim) == before
-    assert os.listdir(root / "sub") == ["probe"]
-    assert (root / "sub" / "probe").is_symlink()
+    assert sorted(os.listdir(victim.parent)) == ["disk.qcow2"]
+    assert os.listdir(root / "sub") == ["x"]
+    assert (root / "sub" / "x").is_symlink()
 
 
 def test_remove_when_the_aside_name_is_swapped_after_compare_never_follows(
@@ -327,28 +333,6 @@ def test_rmdir_refuses_a_file_with_the_recorded_ident(mode: str, root: Path) -> 
     with pytest.raises(errors.Conflict):
         fsops.rmdir(str(root), "sub/f", expect=made)
     assert (root / "sub" / "f").exists()
-
-
-@pytest.mark.parametrize("step", ["walked", "aside"])
-def test_rmdir_with_a_link_swapped_in_at_each_step(
-    mode: str, step: str, root: Path, victim: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    made = fsops.mkdir(str(root), "sub/d")
-
-    def swap(_name: str) -> None:
-        p = root / "sub" / "d"
-        if p.is_dir() and not p.is_symlink():
-            p.rmdir()
-        p.symlink_to(victim.parent)
-
-    at_step(monkeypatch, step, swap)
-    if step == "walked":
-        with pytest.raises(errors.Conflict):
-            fsops.rmdir(str(root), "sub/d", expect=made)
-    else:
-        assert fsops.rmdir(str(root), "sub/d", expect=made) is True
-    assert (root / "sub" / "d").is_symlink()
-    assert sorted(os.listdir(victim.parent)) == ["disk.qcow2"]
 
 
 # ------------------------------------------------------------------------------------ rename, chmod
