@@ -501,6 +501,11 @@ def test_a_pool_is_claimed_only_by_the_uuid_recorded(
     assert (reason is None) is claimed, reason
 
 
+def test_an_entry_without_a_uuid_says_why_it_claims_nothing(tmp_path: pathlib.Path) -> None:
+    host = host_mod.Host.for_config(config.HostConfig(state_dir=str(tmp_path)))
+    assert "records no UUID" in str(claim(host, {"libvirtName": "lv"}, U1))
+
+
 def test_another_objects_entry_for_the_same_libvirt_pool_is_a_conflict(tmp_path: pathlib.Path) -> None:
     host = host_mod.Host.for_config(config.HostConfig(state_dir=str(tmp_path)))
     host.ledger.put(ledger.LedgerEntry("StoragePool", "q", "", {"libvirtName": "lv", "uuid": U1}))
