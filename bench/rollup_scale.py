@@ -91,7 +91,7 @@ class ListQueue:
 
 def make_settings() -> settings.Settings:
     fields = {f.name for f in dataclasses.fields(settings.Settings)}
-    extra = {"status_window": 0.0} if "status_window" in fields else {}
+    extra: dict[str, Any] = {"status_window": 0.0} if "status_window" in fields else {}
     return settings.Settings(health_port=0, metrics_port=0, **extra)
 
 
@@ -133,6 +133,9 @@ def build(n_nodes: int, n_parents: int) -> World:
         for child in children:
             ctl.on_state("ADDED", child)
         del children
+    settle = getattr(ctl, "settle", None)  # what the controller does after its start-up listing
+    if settle is not None:
+        settle()
     ctl.synced.set()
     queue.keys.clear()
     return World(ctl, api, queue, nodes, parents)

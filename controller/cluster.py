@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
 import json
 import logging
 import os
@@ -208,8 +209,19 @@ class Controller:
         )
         if not listed:
             return
+        self.settle()
         self.synced.set()
         self.enqueue_everything()
+
+    @staticmethod
+    def settle() -> None:
+        """After the start-up listing: move what it built out of the garbage collector's sight.
+
+        250,000 records are long-lived objects; every full collection would walk them all (about 10 ms,
+        the p99 of a roll-up at 5,000 x 50 in bench/rollup_scale.py). Records have no reference cycles,
+        so reference counting still frees each one that an update replaces."""
+        gc.collect()
+        gc.freeze()
 
     def enqueue_everything(self) -> None:
         self.enqueue_parents()
