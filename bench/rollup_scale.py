@@ -26,6 +26,7 @@ import argparse
 import copy
 import dataclasses
 import gc
+import json
 import pathlib
 import random
 import sys
@@ -195,6 +196,66 @@ def flap(w: World, limit: int | None) -> tuple[float, int, bool]:
     return total, w.api.status_writes - writes_before, extrapolated
 
 
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rollout(n_nodes: int, seconds: float, window: float) -> tuple[int, int, float]:
+    """One parent rolled out on ``n_nodes``: every agent writes its StorageNodeState Ready, evenly over
+    ``seconds`` (a fake clock), with the status window ``window``. Returns (status writes, bytes of
+    the parent's watch events those writes send to every agent, CPU seconds)."""
+    clock = FakeClock()
+    api = MemoryApi()
+    conf = dataclasses.replace(make_settings(), status_window=window)
+    ctl = cluster.Controller(conf, api, stats=metrics.Metrics("controller"), clock=clock)  # type: ignore[arg-type]
+    ctl.queue.shutdown(0)
+    due: dict[Hashable, float] = {}
+
+    class Queue(ListQueue):
+        def add(self, key: Hashable, *, delay: float = 0.0) -> None:
+            due[key] = min(due.get(key, clock.now + delay), clock.now + delay)
+
+    ctl.queue = Queue()  # type: ignore[assignment]
+    nodes = [fw.node(i) for i in range(n_nodes)]
+    p = fw.parent(0)
+    for n in nodes:
+        ctl.on_node("ADDED", n)
+    api.parents[(fw.KIND, p["metadata"]["name"])] = copy.deepcopy(p)
+    ctl.on_parent(fw.KIND, "ADDED", p)
+    ctl.synced.set()
+    sizes: list[int] = []
+
+    def run_due() -> None:
+        while True:
+            ready = [k for k, t in due.items() if t <= clock.now]
+            if not ready:
+                return
+            for key in ready:
+                del due[key]
+                before = len(api.echoes)
+                ctl.process(key)  # type: ignore[arg-type]
+                for kind, obj in api.echoes[before:]:
+                    sizes.append(len(json.dumps({"type": "MODIFIED", "object": obj})) + 1)
+                    ctl.on_parent(kind, "MODIFIED", obj)
+                api.echoes.clear()
+
+    t0 = time.process_time()
+    run_due()
+    first = len(sizes)
+    for i, n in enumerate(nodes):
+        clock.now = i * seconds / n_nodes
+        ctl.on_state("ADDED", fw.node_state(i, 0, parent_uid=fw.uid_of(p), node_uid=fw.uid_of(n)))
+        run_due()
+    clock.now = seconds + window + 1
+    run_due()
+    cpu = time.process_time() - t0
+    return len(sizes) - first, sum(sizes[first:]) * n_nodes, cpu
+
+
 def memory_per_sns(count: int, n_parents: int = 10) -> float:
     """Bytes the controller holds per StorageNodeState after listing ``count`` of them."""
     n_nodes = count // n_parents
@@ -231,6 +292,7 @@ def main() -> int:
     )
     parser.add_argument("--memory", default="10000,50000", help="SNS counts for the memory figure ('' skips)")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--rollout", default="5000:30:2", help="NODES:SECONDS:WINDOW of one parent's rollout")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     print(
@@ -255,6 +317,14 @@ def main() -> int:
         gc.collect()
     if any(m for m in args.memory.split(",") if m):
         print("(* extrapolated from --flap-limit roll-ups per node event)")
+    if args.rollout and "status_window" in {f.name for f in dataclasses.fields(settings.Settings)}:
+        n_text, s_text, w_text = args.rollout.split(":")
+        writes, sent, spent = rollout(int(n_text), float(s_text), float(w_text))
+        print(
+            f"rollout of one parent on {n_text} nodes over {s_text} s, status window {w_text} s: {writes} "
+            f"status writes, {sent / 1e6:.1f} MB of parent events to the {n_text} agents, CPU {spent:.2f} s",
+            flush=True,
+        )
     for count_text in args.memory.split(","):
         if count_text:
             count = int(count_text)
