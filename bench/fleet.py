@@ -234,9 +234,15 @@ def run_size(n: int, args: argparse.Namespace) -> None:
             psize = fleet.parent_size()
             rss_roll = rss_mb(pid)
             time.sleep(1)
+            idle0 = proc_cpu(pid)
+            time.sleep(5)
+            idle = (proc_cpu(pid) - idle0) / 5
             c2, e2 = proc_cpu(pid), fleet.emulator_cpu()
+            t2 = time.monotonic()
             lat = changes(fleet, args.changes, args.gap, random.Random(n))
             c3, e3 = proc_cpu(pid), fleet.emulator_cpu()
+            spent = time.monotonic() - t2
+            above = max(0.0, (c3 - c2) - idle * spent) / max(1, len(lat))
             sent = fleet.runner.sent_bytes()
             by = Counter(f"{r['who']} {r['method']}" for r in fleet.runner.requests())
             ctl_roll, emu_roll = c1 - c0, e1 - e0
@@ -244,7 +250,8 @@ def run_size(n: int, args: argparse.Namespace) -> None:
                 f"{n:>5} x {args.parents}: {n * args.parents:>6} SNS written in {roll['writes_s']:.1f} s "
                 f"({roll['rate']:.0f}/s); converged {roll['converge_s']:.2f} s after the last write; "
                 f"change p50 {fw.pct(lat, 50) * 1000:.0f} ms p99 {fw.pct(lat, 99) * 1000:.0f} ms; "
-                f"controller CPU per change {(c3 - c2) / max(1, len(lat)) * 1000:.1f} ms",
+                f"controller CPU per change {(c3 - c2) / max(1, len(lat)) * 1000:.1f} ms "
+                f"(idle {idle * 100:.1f} % of a core, so {above * 1000:.1f} ms above idle)",
                 flush=True,
             )
             print(
