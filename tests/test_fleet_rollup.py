@@ -481,3 +481,10 @@ def test_status_window_setting_is_checked() -> None:
     assert settings.Settings.build(environ={"HOSTSTORAGE_STATUS_WINDOW": "5"}).status_window == 5.0
     with pytest.raises(settings.SettingsError, match="status-window"):
         settings.Settings(status_window=-1).validate()
+
+
+def test_the_status_window_flag_sets_the_setting() -> None:
+    from controller import cli  # noqa: PLC0415 - the command line only for this test
+
+    _, args = cli.parse(["controller", "--status-window", "7.5"])
+    assert settings.Settings.build(args, environ={}).status_window == 7.5
