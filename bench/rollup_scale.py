@@ -134,12 +134,19 @@ def build(n_nodes: int, n_parents: int) -> World:
         for child in children:
             ctl.on_state("ADDED", child)
         del children
-    settle = getattr(ctl, "settle", None)  # what the controller does after its start-up listing
-    if settle is not None:
-        settle()
     ctl.synced.set()
     queue.keys.clear()
-    return World(ctl, api, queue, nodes, parents)
+    w = World(ctl, api, queue, nodes, parents)
+    settle = getattr(ctl, "settle", None)
+    if settle is not None:
+        # What the incremental controller does after its start-up listing (initial_refresh): settle,
+        # then one pass over every parent, which builds each parent's tally (not measured). The landed
+        # code keeps no state between roll-ups, so it has nothing to warm up.
+        settle()
+        for key in sorted(ctl.parents.all_keys(), key=str):
+            queue.add(key)
+        drain(w, limit=None)
+    return w
 
 
 def drain(w: World, *, limit: int | None) -> tuple[int, int]:
