@@ -217,9 +217,9 @@ class Controller:
     def settle() -> None:
         """After the start-up listing: move what it built out of the garbage collector's sight.
 
-        250,000 records are long-lived objects; every full collection would walk them all (about 10 ms,
-        the p99 of a roll-up at 5,000 x 50 in bench/rollup_scale.py). Records have no reference cycles,
-        so reference counting still frees each one that an update replaces."""
+        250,000 records are long-lived objects; every full collection would walk them all, milliseconds
+        on whichever event triggered it. Records have no reference cycles, so reference counting still
+        frees each one that an update replaces."""
         gc.collect()
         gc.freeze()
 
