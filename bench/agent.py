@@ -16,6 +16,7 @@ Usage (root): ``.venv/bin/python bench/agent.py [--steady-seconds N] [--many N]`
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import statistics
 import sys
@@ -119,6 +120,60 @@ def rss_line(cluster: fixtures_kube.Cluster) -> str:
     )
 
 
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
+
+
+def restart_one(cluster: fixtures_kube.Cluster, names: list[str]) -> None:
+    """Restart one agent holding every connection: time to ready (its initial refresh done, which is
+    when readiness turns true), its API writes meanwhile and just after, and whether its mounts moved."""
+    assert cluster.runner is not None
+    agent = next(iter(cluster.agents.values()))
+    mounts = cluster.mounts_under(agent.mount_base)
+    links = sorted(p.name for p in pathlib.Path(agent.mount_base).iterdir())
+    before = len(cluster.runner.requests())
+    start = time.monotonic()
+    agent.stop()
+    agent.start()
+    cluster.wait_ready(agent, timeout=600)
+    ready = time.monotonic() - start
+    time.sleep(10)
+    writes = [
+        r for r in cluster.runner.requests()[before:] if r["who"] == agent.node and r["method"] in WRITES
+    ]
+    after_links = sorted(p.name for p in pathlib.Path(agent.mount_base).iterdir())
+    same_mounts = cluster.mounts_under(agent.mount_base) == mounts
+    rss = rss_mb(agent.popen.pid) if agent.popen else 0.0
+    print(
+        f"agent restart with {len(names)} objects: ready (initial refresh done) {ready:.1f} s after the "
+        f"stop; {len(writes)} API writes until 10 s after ready; mounts unchanged: {same_mounts}, "
+        f"links unchanged: {after_links == links}; RSS {rss:.1f} MiB"
+    )
+
+
+def change_one(cluster: fixtures_kube.Cluster, name: str) -> None:
+    """Change one object's spec (a new generation every node applies) and count each agent's writes."""
+    assert cluster.runner is not None
+    before = len(cluster.runner.requests())
+    selector = {"matchExpressions": [{"key": "kubernetes.io/hostname", "operator": "Exists"}]}
+    cluster.kubectl(
+        "patch", "sconn", name, "--type", "merge", "-p", json.dumps({"spec": {"nodeSelector": selector}})
+    )
+    fixtures_kube.wait_until(
+        lambda: (
+            all((s.get("status") or {}).get("observedGeneration") == 2 for s in cluster.states(name).values())
+            and len(cluster.states(name)) == len(cluster.agents)
+        ),
+        120,
+        f"{name} generation 2 on every node",
+    )
+    time.sleep(3)
+    window = cluster.runner.requests()[before:]
+    per_agent = [
+        sum(1 for r in window if r["who"] == node and r["method"] in WRITES) for node in cluster.agents
+    ]
+    print(f"one object changed: API writes per agent {per_agent} (target 1 each)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steady-seconds", type=float, default=120)
@@ -179,6 +234,8 @@ def main() -> int:
             )
             time.sleep(5)
             print(f"with {args.many} connections: {rss_line(cluster)}")
+            restart_one(cluster, many)
+            change_one(cluster, many[0])
             delete_all(cluster, "many", 1500)
         finally:
             cluster.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gc
 import json
 import logging
 import os
@@ -24,10 +25,11 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from controller import cache, health, kube, metrics, naming, registry, rollup, settings, wiring, workqueue
+from reconcilers import selector
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,25 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(tz=datetime.UTC)
 
 
+class _Parent:
+    """One parent's incremental roll-up: its uid and selector as the tally was built for them, and the
+    :class:`rollup.Tally` of its children on the nodes it selects."""
+
+    def __init__(self, uid: str, raw_selector: Any) -> None:
+        self.uid = uid
+        self.raw_selector = raw_selector
+        try:
+            self.selector: selector.NodeSelector | None = selector.parse(raw_selector)
+        except selector.SelectorError:
+            self.selector = None  # a malformed selector matches no node (rollup.selected_nodes)
+        self.tally = rollup.Tally()
+        self.foreign = False
+        """A child of an earlier parent of the same name (another uid) was seen: sweep it."""
+
+    def selects(self, info: rollup.NodeInfo | None) -> bool:
+        return info is not None and self.selector is not None and self.selector.matches(info.labels)
+
+
 class Controller:
     def __init__(
         self,
@@ -55,15 +76,24 @@ class Controller:
         kinds: Iterable[str] | None = None,
         stats: metrics.Metrics | None = None,
         identity: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.conf = conf
+        self.clock = clock
         self.api = api
         self.kinds = {r.kind: r for r in registry.ordered(kinds)}
         self.metrics = stats or metrics.Metrics("controller")
         self.identity = identity or f"{socket.gethostname()}-{uuid.uuid4().hex[:6]}"
         self.parents = cache.ObjectCache()
-        self.states = cache.ObjectCache()
-        self.nodes = cache.ObjectCache()
+        """Parent bodies by (kind, name): a few hundred small objects at most."""
+        self.states = cache.StateIndex()
+        """Compact records of every StorageNodeState, by name, parent and node."""
+        self.nodes: cache.RecordCache[rollup.NodeInfo] = cache.RecordCache()
+        self._rollups: dict[Key, _Parent] = {}
+        self._written: dict[Key, float] = {}
+        """When each parent's status was last written (``clock``): at most one write per status window."""
+        self._lock = threading.RLock()
+        """Guards the index, the node records and the tallies together (watch threads and workers)."""
         self._blocking: dict[Key, set[str]] = {}
         self.synced = threading.Event()
         self.leader = threading.Event()
@@ -83,37 +113,82 @@ class Controller:
             return
         body = dict(obj)
         body.setdefault("kind", kind)
-        self.parents.apply(event_type, (kind, name), body)
-        self._enqueue((kind, name))
+        # The echo of our own status write carries the version we already cached: no work.
+        if self.parents.apply(event_type, (kind, name), body):
+            self._enqueue((kind, name))
+
+    def _verdict(self, kind: str, status: Mapping[str, Any]) -> rollup.Verdict | None:
+        row = self.kinds.get(kind)
+        return rollup.verdict(status, rollup.phases_of(row)) if row is not None else None
 
     def on_state(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         name = cache.meta(obj).get("name")
         if not isinstance(name, str):
             return
-        self.states.apply(event_type, name, obj)
-        ref = (obj.get("spec") or {}).get("parentRef") or {}
-        if ref.get("kind") in self.kinds and isinstance(ref.get("name"), str):
-            self._enqueue((ref["kind"], ref["name"]))
+        record = cache.StateRecord.from_object(obj, self._verdict)
+        version = str(cache.meta(obj).get("resourceVersion") or "")
+        with self._lock:
+            change = self.states.apply(event_type, name, version, record)
+            if change is None:
+                return
+            old, new = change
+            if old == new:
+                return  # nothing the roll-up reads changed (moving numbers, managedFields)
+            touched = set()
+            for rec, present in ((old, False), (new, True)):
+                if rec is None:
+                    continue
+                touched.add(rec.parent)
+                ctx = self._rollups.get(rec.parent)
+                if ctx is None:
+                    continue
+                if rec.parent_uid != ctx.uid:
+                    ctx.foreign = ctx.foreign or present
+                    continue
+                ctx.tally.set_child(rec.node, rec.verdict, present=present)
+        for key in sorted(touched):
+            if key[0] in self.kinds:
+                self._enqueue(key, coalesce=True)
 
     def on_node(self, event_type: str | None, obj: Mapping[str, Any]) -> None:
         name = cache.meta(obj).get("name")
         if not isinstance(name, str):
             return
-        old = self.nodes.get(name)
-        self.nodes.apply(event_type, name, obj)
-        new = self.nodes.get(name)
-        if event_type == "DELETED":
-            self._enqueue((NODE_KIND, name))
-        before = rollup.NodeInfo.from_node(old) if old else None
-        after = rollup.NodeInfo.from_node(new) if new else None
-        if (before is None) != (after is None) or (
-            before and after and (before.labels != after.labels or before.ready != after.ready)
-        ):
-            self.enqueue_parents()
+        info = rollup.NodeInfo.from_node(obj)
+        version = str(cache.meta(obj).get("resourceVersion") or "")
+        with self._lock:
+            change = self.nodes.apply(event_type, name, version, info)
+            if change is None:
+                return
+            before, after = change
+            if event_type == "DELETED":
+                self._enqueue((NODE_KIND, name))
+            relabelled = (before is None) != (after is None) or (
+                before is not None and after is not None and before.labels != after.labels
+            )
+            readiness = before is not None and after is not None and before.ready != after.ready
+            if not relabelled and not readiness:
+                return
+            touched = []
+            for key, ctx in self._rollups.items():
+                chosen = ctx.selects(after)
+                if ctx.tally.select(name, chosen) or (chosen and readiness):
+                    touched.append(key)
+            fresh = [k for k in self.parents.all_keys() if isinstance(k, tuple) and k not in self._rollups]
+        for key in sorted(touched + fresh):
+            self._enqueue(key)
 
-    def _enqueue(self, key: Key) -> None:
+    def _enqueue(self, key: Key, *, coalesce: bool = False) -> None:
+        """Queue ``key``; a child's change (``coalesce``) waits for the parent's status window."""
         if self.synced.is_set() and self.leader.is_set():
-            self.queue.add(key)
+            self.queue.add(key, delay=self._window_left(key) if coalesce else 0.0)
+
+    def _window_left(self, key: Key) -> float:
+        """Seconds until ``key``'s status may be written again (0 when it may be written now)."""
+        last = self._written.get(key)
+        if last is None:
+            return 0.0
+        return max(0.0, last + self.conf.status_window - self.clock())
 
     def enqueue_parents(self) -> None:
         for key in sorted(k for k in self.parents.all_keys() if isinstance(k, tuple)):
@@ -122,7 +197,7 @@ class Controller:
     def _list_everything(self) -> None:
         for node in self.api.list_nodes():
             self.on_node("ADDED", node)
-        for obj in self.api.list_node_states():
+        for obj in self.api.iter_node_states():
             self.on_state("ADDED", obj)
         for kind in self.kinds:
             for obj in self.api.list_parents(kind):
@@ -134,23 +209,28 @@ class Controller:
         )
         if not listed:
             return
+        self.settle()
         self.synced.set()
         self.enqueue_everything()
 
+    @staticmethod
+    def settle() -> None:
+        """After the start-up listing: move what it built out of the garbage collector's sight.
+
+        250,000 records are long-lived objects; every full collection would walk them all, milliseconds
+        on whichever event triggered it. Records have no reference cycles, so reference counting still
+        frees each one that an update replaces."""
+        gc.collect()
+        gc.freeze()
+
     def enqueue_everything(self) -> None:
         self.enqueue_parents()
-        states = self.states.values()
-        keys = {
-            (
-                str(((s.get("spec") or {}).get("parentRef") or {}).get("kind")),
-                str(((s.get("spec") or {}).get("parentRef") or {}).get("name")),
-            )
-            for s in states
-        }
-        node_keys = {(NODE_KIND, str((s.get("spec") or {}).get("nodeName"))) for s in states}
-        for key in sorted(keys | node_keys):
-            if key[0] in self.kinds or key[0] == NODE_KIND:
-                self._enqueue(key)
+        for kind, name in sorted(self.states.parents()):
+            if kind in self.kinds:
+                self._enqueue((kind, name))
+        for node in sorted(self.states.nodes()):
+            if node not in self.nodes:
+                self._enqueue((NODE_KIND, node))
 
     # ------------------------------------------------------------------ work
 
@@ -170,60 +250,71 @@ class Controller:
         finally:
             self.metrics.duration.labels(key[0]).observe(time.monotonic() - start)
 
-    def _children(self, kind: str, name: str) -> list[dict[str, Any]]:
-        def mine(s: Mapping[str, Any]) -> bool:
-            ref = (s.get("spec") or {}).get("parentRef") or {}
-            return bool(ref.get("kind") == kind and ref.get("name") == name)
-
-        return self.states.values(mine)
+    def _rollup_of(self, key: Key, parent: Mapping[str, Any]) -> _Parent:
+        """``key``'s incremental roll-up, built from the index when the parent is new, was re-created
+        (another uid) or changed its selector. Call with the lock held."""
+        meta = cache.meta(parent)
+        uid = str(meta.get("uid") or "")
+        raw = (parent.get("spec") or {}).get("nodeSelector")
+        ctx = self._rollups.get(key)
+        if ctx is not None and ctx.uid == uid and ctx.raw_selector == raw:
+            return ctx
+        ctx = _Parent(uid, raw)
+        for node, info in self.nodes.items():
+            if ctx.selects(info):
+                ctx.tally.select(str(node), True)
+        for rec in self.states.of_parent(key):
+            if rec.parent_uid == uid:
+                ctx.tally.set_child(rec.node, rec.verdict)
+            else:
+                ctx.foreign = True
+        self._rollups[key] = ctx
+        return ctx
 
     def _node_infos(self) -> dict[str, rollup.NodeInfo]:
-        infos = (rollup.NodeInfo.from_node(n) for n in self.nodes.values())
-        return {info.name: info for info in infos}
+        return {str(name): info for name, info in self.nodes.items()}
 
-    def _delete_children(self, children: Iterable[Mapping[str, Any]], why: str) -> None:
+    def _delete_children(self, children: Iterable[cache.StateRecord], why: str) -> None:
         for child in children:
-            name = str(cache.meta(child).get("name"))
-            if self.api.delete_node_state(name, uid=str(cache.meta(child).get("uid") or "") or None):
+            if self.api.delete_node_state(child.name, uid=child.uid or None):
                 self.metrics.status_writes.labels("delete").inc()
-                log.info("controller: deleted StorageNodeState %s (%s)", name, why)
+                log.info("controller: deleted StorageNodeState %s (%s)", child.name, why)
 
     def _sweep_node(self, node: str) -> None:
         if node in self.nodes:
             return
-        children = self.states.values(lambda s: (s.get("spec") or {}).get("nodeName") == node)
-        self._delete_children(children, f"node {node} deleted")
+        self._delete_children(self.states.of_node(node), f"node {node} deleted")
 
     def _process_parent(self, key: Key) -> bool:
         kind, name = key
         parent = self.parents.get(key)
-        children = self._children(kind, name)
         if parent is None:
-            self._delete_children(children, f"{kind}/{name} deleted")
+            with self._lock:
+                self._rollups.pop(key, None)
+                self._written.pop(key, None)
+            self._delete_children(self.states.of_parent(key), f"{kind}/{name} deleted")
             self.metrics.forget_parent(kind, name)
             return False
-        mine = rollup.children_of(parent, children)
-        stale = [c for c in children if c not in mine]
+        meta = cache.meta(parent)
+        with self._lock:
+            ctx = self._rollup_of(key, parent)
+            stale: list[cache.StateRecord] = []
+            if ctx.foreign:
+                stale = [r for r in self.states.of_parent(key) if r.parent_uid != ctx.uid]
+                ctx.foreign = False
+            now = _now()
+            new_status = rollup.status_of(parent, ctx.tally, old_status=parent.get("status"), now=now)
+            wait = self._window_left(key)
         if stale:
             self._delete_children(stale, f"{kind}/{name} was re-created")
-        nodes = self._node_infos()
-        now = _now()
-        meta = cache.meta(parent)
-        finalizers = list(meta.get("finalizers") or [])
-        new_status = rollup.rollup(
-            parent, mine, nodes, old_status=parent.get("status"), now=now,
-            phases=rollup.phases_of(self.kinds[kind]),
-        )
         self.metrics.observe_parent(kind, name, new_status)
         if rollup.status_changed(parent.get("status"), new_status):
-            parent = self.api.patch_parent_status(kind, name, new_status)
-            self.metrics.status_writes.labels("status").inc()
-            self._cache_parent(kind, parent)
-            ready: dict[str, Any] = next((c for c in new_status["conditions"] if c["type"] == "Ready"), {})
-            log.info(
-                "controller: %s/%s: %s ready (%s)", kind, name, new_status["readyNodes"], ready.get("reason")
-            )
+            if wait > 0:
+                self.queue.add(key, delay=wait)  # coalesced: the newest status lands when the window ends
+            else:
+                parent = self._write_status(key, new_status)
         self.metrics.reconciles.labels(kind, "ok").inc()
+        finalizers = list(meta.get("finalizers") or [])
         if not meta.get("deletionTimestamp"):
             if naming.FINALIZER not in finalizers:
                 updated = self.api.set_parent_finalizers(
@@ -235,6 +326,33 @@ class Controller:
             return False
         if naming.FINALIZER not in finalizers:
             return False
+        with self._lock:
+            mine = [
+                {"spec": {"nodeName": node}, "status": {"phase": v.phase} if v is not None else {}}
+                for node, v in ctx.tally.verdicts.items()
+            ]
+            nodes = self._node_infos()
+        return self._finalize(key, parent, mine, nodes, now)
+
+    def _write_status(self, key: Key, status: dict[str, Any]) -> dict[str, Any]:
+        kind, name = key
+        parent = self.api.patch_parent_status(kind, name, status)
+        with self._lock:
+            self._written[key] = self.clock()
+        self.metrics.status_writes.labels("status").inc()
+        self._cache_parent(kind, parent)
+        ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
+        log.info("controller: %s/%s: %s ready (%s)", kind, name, status["readyNodes"], ready.get("reason"))
+        return parent
+
+    def _finalize(
+        self, key: Key, parent: Mapping[str, Any], mine: list[dict[str, Any]],
+        nodes: Mapping[str, rollup.NodeInfo], now: datetime.datetime,
+    ) -> bool:
+        """Release the teardown finalizer of a deleted parent once every child is Detached or gone."""
+        kind, name = key
+        meta = cache.meta(parent)
+        finalizers = list(meta.get("finalizers") or [])
         grace = datetime.timedelta(seconds=self.conf.node_gone_grace)
         release, skipped = rollup.finalizer_decision(mine, nodes, now=now, grace=grace)
         if not release:
@@ -371,7 +489,7 @@ class Controller:
             "leader": self.leader.is_set(),
             "parents": sorted(f"{k[0]}/{k[1]}" for k in self.parents.all_keys() if isinstance(k, tuple)),
             "states": len(self.states),
-            "nodes": sorted(str(n) for n in self.nodes.all_keys()),
+            "nodes": len(self.nodes),
             "queue": self.queue.dump(),
         }
 
@@ -384,6 +502,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="seconds a NotReady node may block a teardown finalizer (default 300)",
+    )
+    parser.add_argument(
+        "--status-window",
+        dest="status_window",
+        type=float,
+        default=None,
+        help="at most one status write per parent in this many seconds; changes in between are coalesced "
+        "(default 2; 0 writes every change)",
     )
     parser.add_argument(
         "--leader-election",

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kubernetes
@@ -37,6 +37,10 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 LIST_PAGE = 500
 """Items per page of a list (``limit``/``continue``): a list of 5,000 Nodes or 250,000
 StorageNodeStates is many bounded responses, never one huge one."""
+
+
+class _Expired(Exception):
+    """A continue token older than the server's compaction (410 Gone): the list must start over."""
 
 
 class StartupError(Exception):
@@ -157,27 +161,55 @@ class Api:
         Pages after the first are served from the same snapshot as the first ("API Concepts: Retrieving
         large results sets in chunks"); when that snapshot was compacted meanwhile the server answers 410
         Gone and the list starts over once, from a fresh snapshot."""
+        for attempt in (1, 2):
+            items: list[dict[str, Any]] = []
+            try:
+                for page in self._pages(path, label_selector, field_selector, limit):
+                    items += page
+                return items
+            except _Expired:
+                if attempt == 2:
+                    raise ApiError(410, "Expired", f"GET {path}: the continue token expired twice") from None
+                log.info("list %s: the continue token expired; listing again from the start", path)
+        raise AssertionError("unreachable")
+
+    def iter_objects(
+        self, path: str, *, label_selector: str | None = None, limit: int = LIST_PAGE
+    ) -> Iterator[dict[str, Any]]:
+        """The items of a list as they arrive, one page in memory at a time. When the continue token
+        expires the list starts over once from a fresh snapshot, so an item may come twice: for
+        consumers that keep the newest resourceVersion (:mod:`controller.cache`)."""
+        for attempt in (1, 2):
+            try:
+                for page in self._pages(path, label_selector, None, limit):
+                    yield from page
+                return
+            except _Expired:
+                if attempt == 2:
+                    raise ApiError(410, "Expired", f"GET {path}: the continue token expired twice") from None
+                log.info("list %s: the continue token expired; listing again from the start", path)
+
+    def _pages(
+        self, path: str, label_selector: str | None, field_selector: str | None, limit: int
+    ) -> Iterator[list[dict[str, Any]]]:
         base: dict[str, str] = {"limit": str(limit)}
         if label_selector:
             base["labelSelector"] = label_selector
         if field_selector:
             base["fieldSelector"] = field_selector
-        for attempt in (1, 2):
-            items: list[dict[str, Any]] = []
-            token = ""
+        token = ""
+        while True:
+            query = {**base, "continue": token} if token else base
             try:
-                while True:
-                    query = {**base, "continue": token} if token else base
-                    page = self._call("GET", path, query=query)
-                    items += page.get("items") or []
-                    token = str((page.get("metadata") or {}).get("continue") or "")
-                    if not token:
-                        return items
+                page = self._call("GET", path, query=query)
             except ApiError as exc:
-                if exc.status != 410 or not token or attempt == 2:
-                    raise
-                log.info("list %s: the continue token expired; listing again from the start", path)
-        raise AssertionError("unreachable")
+                if exc.status == 410 and token:
+                    raise _Expired from None
+                raise
+            yield page.get("items") or []
+            token = str((page.get("metadata") or {}).get("continue") or "")
+            if not token:
+                return
 
     def list_parents(self, kind: str) -> list[dict[str, Any]]:
         items = self.list_objects(custom_path(kind))
@@ -207,6 +239,10 @@ class Api:
 
     def list_node_states(self, *, label_selector: str | None = None) -> list[dict[str, Any]]:
         return self.list_objects(custom_path(registry.NODE_STATE), label_selector=label_selector)
+
+    def iter_node_states(self) -> Iterator[dict[str, Any]]:
+        """Every StorageNodeState, a page at a time (the controller's start-up listing of 250,000)."""
+        return self.iter_objects(custom_path(registry.NODE_STATE))
 
     # ---- StorageNodeStates (agent)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import heapq
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -126,6 +127,115 @@ def node_gone(name: str, nodes: Mapping[str, NodeInfo], now: datetime.datetime,
     return node.ready_since is None or now - node.ready_since >= grace
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the roll-up needs of one child's status (the controller keeps this, not the body)."""
+
+    phase: str
+    generation: Any
+    """The child's observedGeneration."""
+    ready: bool
+    failed: bool
+    reason: str = ""
+    message: str = ""
+    """Reason and message of a child that is not ready (empty for a ready one)."""
+
+
+def verdict(status: Mapping[str, Any] | None, phases: Phases) -> Verdict | None:
+    """The roll-up's reading of one child's status; None when the agent has written none yet."""
+    if not status:
+        return None
+    ready = child_ready(status, phases)
+    reason, message = ("", "") if ready else child_reason(status)
+    failed = not ready and (status.get("phase") in phases.failed or reason == "InvalidSpec")
+    return Verdict(str(status.get("phase") or ""), status.get("observedGeneration"), ready, failed,
+                   reason, message)
+
+
+class Tally:
+    """The children of one parent as the roll-up counts them: which nodes are selected and each node's
+    :class:`Verdict`, with running counts, so one child or node changing costs O(1) and
+    :func:`status_of` never walks every child. Plain data (no I/O, no clock, no locking)."""
+
+    def __init__(self) -> None:
+        self.selected: set[str] = set()
+        self.verdicts: dict[str, Verdict | None] = {}
+        """Every node with a child of this parent (selected or not): its verdict (None: no status)."""
+        self.ready: set[str] = set()
+        self.failed: set[str] = set()
+        """Selected nodes whose child is ready / failed."""
+        self.generations: Counter[Any] = Counter()
+        """observedGeneration of the selected nodes' children that have a status."""
+        self.detached = 0
+        """Children (selected or not) whose phase is Detached."""
+
+    def _count(self, node: str, v: Verdict | None, sign: int) -> None:
+        if v is not None and v.phase in DETACHED_PHASES:
+            self.detached += sign
+        if v is None or node not in self.selected:
+            return
+        self.generations[v.generation] += sign
+        for chosen, member in ((self.ready, v.ready), (self.failed, v.failed)):
+            if member:
+                if sign > 0:
+                    chosen.add(node)
+                else:
+                    chosen.discard(node)
+
+    def set_child(self, node: str, v: Verdict | None, *, present: bool = True) -> bool:
+        """Record ``node``'s child (``present=False``: it went away); True when anything changed."""
+        if node in self.verdicts:
+            old = self.verdicts[node]
+            if present and old == v:
+                return False
+            self._count(node, old, -1)
+            del self.verdicts[node]
+        elif not present:
+            return False
+        if present:
+            self.verdicts[node] = v
+            self._count(node, v, +1)
+        return True
+
+    def select(self, node: str, chosen: bool) -> bool:
+        """Whether ``node`` is selected now; True when that changed."""
+        if (node in self.selected) == chosen:
+            return False
+        v = self.verdicts.get(node)
+        if chosen:
+            self.selected.add(node)
+            self._count(node, v, +1)
+        else:
+            self._count(node, v, -1)
+            self.selected.discard(node)
+        return True
+
+    def waiting(self, generation: Any) -> tuple[int, list[str]]:
+        """How many selected nodes are pending or stale, and the first few of them by name."""
+        stale_count = 0
+        if generation is not None:
+            stale_count = sum(self.generations.values()) - self.generations.get(generation, 0)
+        pending = len(self.selected) - len(self.ready) - len(self.failed)
+        if not pending and not stale_count:
+            return 0, []
+        names = [n for n in self.selected if n not in self.ready and n not in self.failed]
+        if stale_count:
+            names += [n for n in self.selected if (v := self.verdicts.get(n)) is not None
+                      and v.generation != generation and (n in self.ready or n in self.failed)]
+        return len(names), heapq.nsmallest(MAX_FAILING_NODES, names)
+
+
+def tally(parent: Mapping[str, Any], children: Sequence[Mapping[str, Any]], nodes: Mapping[str, NodeInfo],
+          phases: Phases) -> Tally:
+    """A :class:`Tally` of ``parent`` built from scratch (children filtered by :func:`children_of`)."""
+    out = Tally()
+    for node in selected_nodes(parent, nodes.values()):
+        out.select(node, True)
+    for child in children:
+        out.set_child(str((child.get("spec") or {}).get("nodeName")), verdict(child.get("status"), phases))
+    return out
+
+
 def rollup(
     parent: Mapping[str, Any],
     children: Sequence[Mapping[str, Any]],
@@ -137,53 +247,44 @@ def rollup(
 ) -> dict[str, Any]:
     """The parent's new status from its children (already filtered by :func:`children_of`); ``phases``
     are the kind's (:func:`phases_of` its registry row)."""
+    return status_of(parent, tally(parent, children, nodes, phases), old_status=old_status, now=now)
+
+
+def status_of(
+    parent: Mapping[str, Any], counts: Tally, *, old_status: Mapping[str, Any] | None = None,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The parent's new status from its :class:`Tally` (what :func:`rollup` returns)."""
     meta = parent.get("metadata") or {}
     generation = meta.get("generation")
     deleting = bool(meta.get("deletionTimestamp"))
-    selected = selected_nodes(parent, nodes.values())
-    by_node = {(c.get("spec") or {}).get("nodeName"): c for c in children}
-
-    ready: list[str] = []
+    total = len(counts.selected)
+    n_ready = len(counts.ready)
+    failed_nodes = sorted(counts.failed)
     failed: list[tuple[str, str, str]] = []
-    pending: list[str] = []
-    stale: list[str] = []
-    for node in selected:
-        child = by_node.get(node)
-        child_status = (child or {}).get("status") or {}
-        if not child_status:
-            pending.append(node)
-            continue
-        if generation is not None and child_status.get("observedGeneration") != generation:
-            stale.append(node)
-        reason, message = child_reason(child_status)
-        if child_ready(child_status, phases):
-            ready.append(node)
-        elif child_status.get("phase") in phases.failed or reason == "InvalidSpec":
-            failed.append((node, reason, message))
-        else:
-            pending.append(node)
+    for node in failed_nodes:
+        v = counts.verdicts[node]
+        assert v is not None
+        failed.append((node, v.reason, v.message))
+    n_waiting, waiting = counts.waiting(generation)
 
-    total = len(selected)
     conditions: list[dict[str, str]] = []
     failing = [{"node": n, "reason": r, "message": m} for n, r, m in failed[:MAX_FAILING_NODES]]
     if deleting:
-        detached = [n for n, c in by_node.items()
-                    if ((c.get("status") or {}).get("phase") in DETACHED_PHASES)]
         conditions.append(_cond("Ready", False, "Deleting", "waiting for nodes to tear down"))
         conditions.append(_cond("Progressing", True, "TearingDown",
-                                f"{len(detached)}/{len(by_node)} nodes detached"))
+                                f"{counts.detached}/{len(counts.verdicts)} nodes detached"))
     elif total == 0:
         conditions.append(_cond("Ready", True, "NoNodesSelected", "the nodeSelector matches no node"))
         conditions.append(_cond("Progressing", False, "NoNodesSelected", ""))
-    elif len(ready) == total and not stale:
+    elif n_ready == total and not n_waiting:
         conditions.append(_cond("Ready", True, "AllNodesReady", f"{total}/{total} nodes ready"))
         conditions.append(_cond("Progressing", False, "Reconciled", f"generation {generation} on every node"))
     else:
-        waiting = sorted(set(pending) | set(stale))
         reason = "NodesFailed" if failed else "WaitingForNodes"
-        conditions.append(_cond("Ready", False, reason, f"{len(ready)}/{total} nodes ready"))
-        conditions.append(_cond("Progressing", bool(waiting), "Reconciling" if waiting else "Reconciled",
-                                _node_list("waiting for", waiting) if waiting else ""))
+        conditions.append(_cond("Ready", False, reason, f"{n_ready}/{total} nodes ready"))
+        conditions.append(_cond("Progressing", bool(n_waiting), "Reconciling" if n_waiting else "Reconciled",
+                                _node_list("waiting for", waiting, n_waiting) if n_waiting else ""))
     if failed and not deleting:
         top = Counter(r for _, r, _ in failed).most_common(1)[0][0]
         msg = "; ".join(f"{n}: {r}: {m}" if m else f"{n}: {r}" for n, r, m in failed[:MAX_FAILING_NODES])
@@ -193,9 +294,9 @@ def rollup(
 
     status: dict[str, Any] = {
         "selected": total,
-        "ready": len(ready),
+        "ready": n_ready,
         "failed": len(failed),
-        "readyNodes": f"{len(ready)}/{total}",
+        "readyNodes": f"{n_ready}/{total}",
         "failingNodes": failing,
         "conditions": merge_conditions((old_status or {}).get("conditions") or [], conditions, now),
     }
@@ -204,9 +305,9 @@ def rollup(
     return status
 
 
-def _node_list(prefix: str, names: Sequence[str]) -> str:
+def _node_list(prefix: str, names: Sequence[str], total: int) -> str:
     shown = ", ".join(names[:MAX_FAILING_NODES])
-    more = f" and {len(names) - MAX_FAILING_NODES} more" if len(names) > MAX_FAILING_NODES else ""
+    more = f" and {total - MAX_FAILING_NODES} more" if total > MAX_FAILING_NODES else ""
     return f"{prefix} {shown}{more}"
 
 

@@ -122,6 +122,12 @@ class Settings:
     lease_seconds: float = 15.0
     """Controller: Lease duration; a leader renews every third of it."""
 
+    status_window: float = 2.0
+    """Controller: at most one status write per parent in this many seconds. A change after a quiet
+    window is written at once; changes within the window are coalesced into one write at its end, which
+    always carries the newest state (0 writes every change). Every agent watches every parent, so this
+    bounds what a rollout on 5,000 nodes sends to the agents."""
+
     @property
     def effective_mount_base(self) -> str:
         return self.mount_base or os.path.join(self.state_dir, "mnt")
@@ -186,6 +192,8 @@ class Settings:
         for name in ("health_port", "metrics_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise SettingsError(f"{name.replace('_', '-')} must be a port number")
+        if not 0 <= self.status_window <= 300:
+            raise SettingsError("status-window must be between 0 and 300 seconds")
         if self.resync_seconds <= 0 or self.workers < 1 or self.shutdown_timeout < 0:
             raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):

@@ -64,6 +64,9 @@ def operator_settings(component: str, instance: str) -> Any:
     settings.posting.reporting_component = component
     settings.posting.reporting_instance = instance
     settings.scanning.disabled = True
+    # kopf lists every watched resource before watching it; unpaginated by default (one response with
+    # every StorageNodeState of the cluster). Pages of the size our own listings use:
+    settings.watching.chunk_size = kube.LIST_PAGE
     return settings
 
 

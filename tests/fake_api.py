@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import itertools
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from controller import kube, naming
@@ -48,6 +48,11 @@ class FakeApi:
     ) -> list[dict[str, Any]]:
         raise NotImplementedError("the agent lists through list_parents/list_node_states")
 
+    def iter_objects(
+        self, path: str, *, label_selector: str | None = None, limit: int = kube.LIST_PAGE
+    ) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError("the agent lists through list_parents/list_node_states")
+
     def list_parents(self, kind: str) -> list[dict[str, Any]]:
         self._call("list_parents", kind)
         return [copy.deepcopy(o) for (k, _), o in self.parents.items() if k == kind]
@@ -63,6 +68,9 @@ class FakeApi:
     def list_nodes(self) -> list[dict[str, Any]]:
         self._call("list_nodes", None)
         return [copy.deepcopy(n) for n in self.nodes.values()]
+
+    def iter_node_states(self) -> Iterator[dict[str, Any]]:
+        yield from self.list_node_states()
 
     def list_node_states(self, *, label_selector: str | None = None) -> list[dict[str, Any]]:
         self._call("list_node_states", label_selector)

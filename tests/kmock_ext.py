@@ -265,6 +265,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
     snapshots: dict[str, tuple[int, list[dict[str, Any]]]] = attrs.field(factory=dict, init=False)
     """Lists in chunks in progress: continue-token id -> (resourceVersion, the items of the first page)."""
     closing: bool = attrs.field(default=False, init=False)
+    sent: dict[int, int] = attrs.field(factory=dict, init=False)
+    """Response bytes served for the registered resources (watch streams included), by client port:
+    what each client process received (the fleet bench's bytes figures)."""
     _changed: asyncio.Event | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -439,7 +442,7 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         if spec is None:
             return await super()._handle(request)  # type: ignore[no-any-return]
         try:
-            return await self._serve(spec, request)
+            response = await self._serve(spec, request)
         except ApiError as e:
             return aiohttp.web.json_response(
                 {
@@ -454,6 +457,13 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
                 },
                 status=e.code,
             )
+        if isinstance(response, aiohttp.web.Response) and response.body is not None:
+            self._count(request, len(response.body))  # type: ignore[arg-type]
+        return response
+
+    def _count(self, request: kmock.Request, size: int) -> None:
+        port = request.url.port or 0
+        self.sent[port] = self.sent.get(port, 0) + size
 
     async def _serve(self, spec: ResourceSpec, request: kmock.Request) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
@@ -595,7 +605,9 @@ class ApiServerEmulator(kmock.KubernetesEmulator):  # type: ignore[misc]
         await response.prepare(raw)
 
         async def send(kind: str, obj: Mapping[str, Any]) -> None:
-            await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+            line = json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+            self._count(request, len(line))
+            await response.write(line)
 
         def visible(obj: Mapping[str, Any] | None) -> bool:
             if obj is None:
@@ -984,6 +996,18 @@ class EmulatorRunner:
             return out
 
         result: list[dict[str, Any]] = self.call(collect)
+        return result
+
+    def sent_bytes(self) -> dict[str, int]:
+        """Response bytes served so far (watch streams included) by client name."""
+
+        def collect() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for port, size in self.emulator.sent.items():
+                out[self.who(port)] = out.get(self.who(port), 0) + size
+            return out
+
+        result: dict[str, int] = self.call(collect)
         return result
 
     def write_kubeconfig(self, path: pathlib.Path, who: str) -> pathlib.Path:

@@ -84,6 +84,7 @@ NON_DEFAULT: dict[str, Any] = {
     "controller": {
         "replicas": 3,
         "nodeGoneGraceSeconds": 600,
+        "statusWindowSeconds": 5,
         "healthPort": 18080,
         "metricsPort": 19090,
         "priorityClassName": "system-cluster-critical",
@@ -195,6 +196,7 @@ def test_non_default_values_reach_the_objects() -> None:
     assert deployment["spec"]["replicas"] == 3
     controller = deployment["spec"]["template"]["spec"]["containers"][0]
     assert env_of(controller)["HOSTSTORAGE_LEADER_ELECTION"] == "true"
+    assert env_of(controller)["HOSTSTORAGE_STATUS_WINDOW"] == "5"
     secrets_role = find(objects, "Role", "-agent-secrets")
     assert secrets_role["rules"][0]["resourceNames"] == ["chap-a", "chap-b"]
     for suffix in ("-agent", "-controller"):

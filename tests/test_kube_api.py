@@ -58,3 +58,37 @@ def test_a_status_is_replaced_as_a_whole(client: tuple[kube.Api, kmock_ext.Emula
     )
     after = api.replace_node_state_status(name, {"phase": "Detached", "connection": {}})
     assert after["status"] == {"phase": "Detached", "connection": {}}  # a merge patch would keep mountPoint
+
+
+def test_the_controller_listing_streams_pages(client: tuple[kube.Api, kmock_ext.EmulatorRunner]) -> None:
+    api, runner = client
+    for i in range(200, 205):
+        api.create_node_state(body(i))
+    before = len(runner.requests())
+    stream = api.iter_objects(kube.custom_path("StorageNodeState"), limit=2)
+    first = next(stream)
+    assert len(runner.requests()) - before == 1  # one page fetched, not the whole list
+    names = [first["metadata"]["name"], *(o["metadata"]["name"] for o in stream)]
+    pages = runner.requests()[before:]
+    assert len(pages) == (len(names) + 1) // 2 and all(r["query"].get("limit") == "2" for r in pages)
+    assert len(names) == len(set(names)) == len(api.list_node_states())
+
+
+def test_an_expired_continue_token_starts_the_stream_over(
+    client: tuple[kube.Api, kmock_ext.EmulatorRunner],
+) -> None:
+    api, runner = client
+    assert runner.emulator is not None
+    stream = api.iter_objects(kube.custom_path("StorageNodeState"), limit=2)
+    seen = [next(stream), next(stream)]
+    runner.call(runner.emulator.compact)  # the continue token of page 2 is now too old: 410
+    rest = list(stream)
+    total = {o["metadata"]["name"] for o in api.list_node_states()}
+    assert {o["metadata"]["name"] for o in seen + rest} == total
+    assert len(rest) == len(total)  # started over from a fresh snapshot
+
+
+def test_kopf_lists_in_pages_too() -> None:
+    from controller import wiring  # noqa: PLC0415 - kopf only for this test
+
+    assert wiring.operator_settings("c", "i").watching.chunk_size == kube.LIST_PAGE
