@@ -188,7 +188,12 @@ def test_delete_dry_run_lists_the_umount_argv_and_changes_nothing(
         "health": ("Detaching", "WouldDetach"),
     }
     assert by_name["disk"]["actions"] == [
-        {"verb": "umount", "description": f"unmount {target}", "argv": ["umount", target], "path": target},
+        {
+            "verb": "umount",
+            "description": f"unmount {target}",
+            "argv": ["umount", "--no-canonicalize", target],
+            "path": target,
+        },
         {"verb": "rmdir", "description": f"remove mount point {target}", "path": target},
         {"verb": "forget", "description": "remove StorageConnection/disk from the ledger"},
     ]
@@ -265,7 +270,8 @@ def test_foreign_mounts_are_never_touched(
     by_name = {o["name"]: o for o in out}
     assert rc == 1
     assert by_name["b"]["reason"] == "Conflict" and "already has" in by_name["b"]["message"]
-    assert by_name["a"]["ready"] is True
+    # a's device is the one mounted on b's mount point: a source in use elsewhere is never mounted again
+    assert by_name["a"]["reason"] == "SourceInUse" and f"is mounted on {squatted}" in by_name["a"]["message"]
     assert cli.json("delete", "-f", manifest)[0] == 0
     assert mounted_at(elsewhere) and mounted_at(squatted)
     assert not mounted_at(os.path.join(cli.base, "_dev_" + os.path.basename(ours)))
