@@ -425,12 +425,12 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         return RESULTS.make(
             name, status.Phase.FAILED, "NotConnected", why, detail=base_detail, changed=changed, retry=True
         )
-    if changed:
-        message = f"connected {observed.source or _source_of(conn_spec)}"
-    elif preexisting:
+    # The same message whether this pass connected or found it connected: the pass that acts and the
+    # resync after it write one status, not two (what is news is ``changed``, for logs and Events).
+    if preexisting:
         message = "connected before hoststorage came: it uses it but will never undo it"
     else:
-        message = "connected"
+        message = f"connected {observed.source or _source_of(conn_spec)}"
     detail = _detail(conn_spec.type, observed, preexisting=preexisting)
     return RESULTS.make(name, status.Phase.CONNECTED, "Connected", message, detail=detail, changed=changed)
 
