@@ -5,8 +5,9 @@ the program's composition root; the rules it applies each have their own module:
 
 - kopf watches feed :meth:`Agent.on_parent`, :meth:`Agent.on_node`, :meth:`Agent.on_state`
   (:mod:`controller.wiring`); they only update caches (:mod:`controller.cache`) and enqueue a key
-  ``(kind, name)``. Everything else happens in :class:`controller.workqueue.WorkQueue` worker threads,
-  because reconcilers block (mount, iscsiadm, libvirt).
+  ``(kind, name)`` (not for a parent event that changes only its status: the controller's roll-up
+  writes are no work for an agent). Everything else happens in :class:`controller.workqueue.WorkQueue`
+  worker threads, because reconcilers block (mount, iscsiadm, libvirt).
 - A worker reads the latest parent and this Node, parses the parent with its kind module and decides
   with the parsed ``spec.node_selector`` whether it applies here, then reconciles (or hands it to the
   kind's runtime, :mod:`controller.runtimes`) or tears down. Every kind is a
@@ -160,7 +161,12 @@ class Agent:
         body = dict(obj)
         body.setdefault("apiVersion", registry.API_VERSION)
         body.setdefault("kind", kind)
-        if self.parents.apply(event_type, (kind, name), body) and self.synced.is_set():
+        before = self.parents.get((kind, name))
+        if not self.parents.apply(event_type, (kind, name), body) or not self.synced.is_set():
+            return
+        # The controller's status writes (one per parent per window, to every agent) are no work here:
+        # only what the reconcile reads makes a pass. The resync still runs for drift.
+        if event_type == "DELETED" or before is None or _intent(before) != _intent(body):
             self.queue.add((kind, name))
 
     def _node(self) -> dict[str, Any] | None:
@@ -471,6 +477,17 @@ class Agent:
             "ledger": [f"{e.kind}/{e.name}" for e in self.host.ledger.entries()],
             "runtimes": {kind: r.snapshot() for kind, r in self.runtimes.items()},
         }
+
+
+_NOT_INTENT = frozenset({"resourceVersion", "managedFields"})
+
+
+def _intent(parent: Mapping[str, Any]) -> dict[str, Any]:
+    """What of a parent an agent acts on: everything but its status and the metadata every write moves
+    (resourceVersion, managedFields), so a status-only event is no change."""
+    out = {k: v for k, v in parent.items() if k != "status"}
+    out["metadata"] = {k: v for k, v in cache.meta(parent).items() if k not in _NOT_INTENT}
+    return out
 
 
 def _uid(obj: Mapping[str, Any]) -> str:

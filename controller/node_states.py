@@ -65,6 +65,19 @@ def same_state(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return bool(key(old) == key(new))
 
 
+def desired_status(old: Mapping[str, Any], block: Mapping[str, Any]) -> dict[str, Any]:
+    """``block`` as the status to hold, its conditions bounded and each one's ``lastTransitionTime``
+    carried from ``old`` (what the API holds) while its status is unchanged, so a status equal but for
+    that time is equal (:func:`controller.rollup.merge_conditions`)."""
+    desired = dict(block)
+    desired["conditions"] = rollup.merge_conditions(
+        old.get("conditions") or [],
+        [bounded(c) for c in block.get("conditions") or []],
+        datetime.datetime.now(tz=datetime.UTC),
+    )
+    return desired
+
+
 class NodeStateWriter:
     """Writes this node's StorageNodeStates; see the module docstring. Thread-safe through the cache."""
 
@@ -113,22 +126,15 @@ class NodeStateWriter:
             # A parent of the same name was re-created: the old record is about another object.
             self.delete(sns_name, current)
             current = None
-        old_status = (current or {}).get("status") or {}
-        desired = dict(block)
-        desired["conditions"] = rollup.merge_conditions(
-            old_status.get("conditions") or [],
-            [bounded(c) for c in block.get("conditions") or []],
-            datetime.datetime.now(tz=datetime.UTC),
-        )
-        if current is not None and (
-            old_status == desired or (numbers_only_skip and same_state(old_status, desired))
-        ):
-            return False
+        created = current is None
         if current is None:
             current = self._create(kind, parent_name, parent_uid, node_uid)
-            if (current.get("status") or {}) == desired:
-                self.states.put(sns_name, current)
-                return True
+            # After a 409 this is a record an earlier run wrote: compared below like a cached one.
+            self.states.put(sns_name, current)
+        old_status = current.get("status") or {}
+        desired = desired_status(old_status, block)
+        if old_status == desired or (numbers_only_skip and same_state(old_status, desired)):
+            return created
         try:
             obj = self.api.replace_node_state_status(sns_name, desired)
         except kube.ApiError as exc:

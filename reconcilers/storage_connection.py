@@ -474,19 +474,19 @@ def reconcile(conn_spec: ConnectionSpec, host: host_mod.Host, *, dry_run: bool =
         return RESULTS.make(
             name, status.Phase.FAILED, "NotConnected", why, detail=base_detail, changed=changed, retry=True
         )
-    message = _connected_message(conn_spec, observed, changed=changed, preexisting=preexisting)
+    message = _connected_message(conn_spec, observed, preexisting=preexisting)
     detail = _detail(conn_spec.type, observed, preexisting=preexisting)
     return RESULTS.make(name, status.Phase.CONNECTED, "Connected", message, detail=detail, changed=changed)
 
 
 def _connected_message(
-    conn_spec: ConnectionSpec, observed: connections.ConnectionObserved, *, changed: bool, preexisting: bool
+    conn_spec: ConnectionSpec, observed: connections.ConnectionObserved, *, preexisting: bool
 ) -> str:
-    if changed:
-        return f"connected {observed.source or _source_of(conn_spec)}"
+    """The same message whether this pass connected or found it connected: the pass that acts and the
+    resync after it write one status, not two (what is news is ``changed``, for logs and Events)."""
     if preexisting:
         return "connected before hoststorage came: it uses it but will never undo it"
-    return "connected"
+    return f"connected {observed.source or _source_of(conn_spec)}"
 
 
 # ---------------------------------------------------------------------------------------- teardown

@@ -46,8 +46,8 @@ def fake() -> FakeApi:
     return api
 
 
-@pytest.fixture
-def node_agent(tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi) -> Iterator[agent.Agent]:
+def _agent(tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi) -> agent.Agent:
+    """An agent over ``tmp_path``'s state dir, listed and synced; each test runs the passes itself."""
     conf = settings.Settings(
         node_name=NODE, state_dir=str(tmp_path / "state"), workers=1, resync_seconds=3600
     )
@@ -64,6 +64,12 @@ def node_agent(tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi) -> Itera
     a.initial_refresh()
     # The tests run each pass themselves, one at a time: no worker thread may run one meanwhile.
     a.queue.shutdown(5)
+    return a
+
+
+@pytest.fixture
+def node_agent(tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi) -> Iterator[agent.Agent]:
+    a = _agent(tmp_path, world, fake)
     try:
         yield a
     finally:
@@ -91,10 +97,91 @@ def test_a_selected_parent_is_reconciled_and_written_once(
     assert record["status"]["observedGeneration"] == 1
     assert fake.writes() == ["create_node_state", "replace_node_state_status"]
     assert [c[0] for c in world.calls].count("connect") == 1
-    node_agent.process((KIND, "c1"))  # the message goes from "connected src" to "connected": written
-    writes = len(fake.writes())
-    node_agent.process((KIND, "c1"))  # a resync of a converged object: no API write
-    assert len(fake.writes()) == writes == 3
+    node_agent.process((KIND, "c1"))  # the resync after the pass that connected: the same status
+    assert fake.writes() == ["create_node_state", "replace_node_state_status"]
+
+
+def test_a_restarted_agent_rewrites_nothing_and_a_change_is_one_write(
+    tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi
+) -> None:
+    names = [f"c{i}" for i in range(20)]
+    for i, name in enumerate(names):
+        fake.parents[(KIND, name)] = parent(name, uid=f"u{i}")
+    first = _agent(tmp_path, world, fake)
+    for name in names:
+        first.process((KIND, name))
+    first.stopping.set()
+    before = {n: fake.state_of(KIND, n, NODE) for n in names}
+    # The clock moves on: a lastTransitionTime made now would differ from the one held.
+    for name in names:
+        fake.states[naming.node_state_name(KIND, name, NODE)]["status"]["conditions"][0][
+            "lastTransitionTime"
+        ] = "2020-01-01T00:00:00Z"
+    fake.calls.clear()
+    connects = [c[0] for c in world.calls].count("connect")
+    restarted = _agent(tmp_path, world, fake)
+    for name in names:
+        assert restarted.process((KIND, name)) is False
+    assert fake.writes() == []
+    assert [c[0] for c in world.calls].count("connect") == connects  # nothing connected again
+    assert all(
+        (fake.state_of(KIND, n, NODE) or {})["metadata"] == (before[n] or {})["metadata"] for n in names
+    )
+    # One parent's spec changes (a new generation): exactly one write, its condition's time kept.
+    fake.parents[(KIND, "c3")] = parent("c3", uid="u3", generation=2)
+    restarted.on_parent(KIND, "MODIFIED", fake.parents[(KIND, "c3")])
+    restarted.process((KIND, "c3"))
+    assert fake.writes() == ["replace_node_state_status"]
+    status = (fake.state_of(KIND, "c3", NODE) or {})["status"]
+    assert status["observedGeneration"] == 2
+    assert status["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+    restarted.stopping.set()
+
+
+def test_a_record_found_after_409_is_compared_not_rewritten(node_agent: agent.Agent, fake: FakeApi) -> None:
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    name = naming.node_state_name(KIND, "c1", NODE)
+    fake.states[name]["status"]["conditions"][0]["lastTransitionTime"] = "2020-01-01T00:00:00Z"
+    node_agent.writer.states.discard(name)  # the cache has not seen it (watch lag)
+    fake.calls.clear()
+    node_agent.process((KIND, "c1"))
+    assert fake.writes() == ["create_node_state"]  # answered 409; the record held is already right
+    assert fake.states[name]["status"]["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_a_parent_event_that_changes_only_status_is_no_work(
+    node_agent: agent.Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued: list[Any] = []
+    monkeypatch.setattr(node_agent.queue, "add", lambda key, **_: queued.append(key))
+    body = parent()
+    node_agent.on_parent(KIND, "ADDED", body)
+    assert queued == [(KIND, "c1")]
+    rolled = {**body, "status": {"readyNodes": 1}}
+    rolled["metadata"] = {**body["metadata"], "resourceVersion": "7", "managedFields": [{"manager": "x"}]}
+    node_agent.on_parent(KIND, "MODIFIED", rolled)  # the controller's roll-up write
+    assert queued == [(KIND, "c1")]
+    assert node_agent.parents.get((KIND, "c1"))["status"] == {"readyNodes": 1}  # type: ignore[index]
+    version = 8
+    for what, change in (
+        ("generation", {"metadata": {"generation": 2}}),
+        ("labels", {"metadata": {"labels": {"a": "b"}}}),
+        ("deletion", {"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        ("spec", {"spec": {"type": "nfs"}}),
+    ):
+        moved = {**rolled, **{k: {**rolled[k], **v} for k, v in change.items()}}
+        moved["metadata"] = {**moved["metadata"], "resourceVersion": str(version)}
+        version += 1
+        queued.clear()
+        node_agent.on_parent(KIND, "MODIFIED", moved)
+        assert queued == [(KIND, "c1")], what
+        rolled = moved
+    queued.clear()
+    node_agent.on_parent(
+        KIND, "DELETED", {**rolled, "metadata": {**rolled["metadata"], "resourceVersion": "99"}}
+    )
+    assert queued == [(KIND, "c1")]
 
 
 def test_a_node_no_longer_selected_tears_down_and_drops_its_record(
