@@ -315,3 +315,26 @@ def test_mount_point_replaced_by_a_link_after_apply_is_conflict_and_force_forget
     assert tree(victim) == victim_before and (victim / "vm.img").read_bytes() == IMAGE
     assert sorted((r.source, r.target) for r in mounts.read_mounts()) == table_before
     mp.unlink()
+
+
+# ------------------------------------------------------ class 10: every kind checks its apiVersion
+
+
+@pytest.mark.parametrize("kind", ["StorageConnection", "StoragePool", "DomainMonitor"])
+@pytest.mark.parametrize("api", ["hoststorage.io/v1", "v1", "evil.io/v1alpha1"])
+def test_a_wrong_api_version_is_invalid_for_every_kind_and_changes_nothing(
+    tmp_path: pathlib.Path, allowed: pathlib.Path, kind: str, api: str
+) -> None:
+    """A DomainMonitor used to accept any apiVersion while a StorageConnection refused a wrong one."""
+    node = Node(tmp_path, allowed, "node-a")
+    spec = {
+        "StorageConnection": {"type": "localfs", "localfs": {"path": str(allowed / "domain")}},
+        "StoragePool": {"dir": {"path": str(allowed / "domain")}},
+        "DomainMonitor": {"target": {"hostPath": str(allowed / "domain")}, "intervalSeconds": 5},
+    }[kind]
+    before = tree(tmp_path)
+    rc, [res] = node.json("apply", "-f", manifest(tmp_path, {**doc(kind, "x", spec), "apiVersion": api}))
+    assert (rc, res["phase"], res["reason"]) == (2, "Failed", "InvalidSpec"), res
+    assert "apiVersion" in res["message"], res
+    after = {k: v for k, v in tree(tmp_path).items() if not k.startswith(("state-node-a", "m-"))}
+    assert after == {k: v for k, v in before.items() if not k.startswith("m-")} and node.ledger() == []

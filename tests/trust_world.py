@@ -85,7 +85,11 @@ def scenarios(draw: Any) -> Scenario:
     conns = tuple(draw(st.lists(st.sampled_from(names), unique=True, min_size=0, max_size=2)))
     mon_targets = st.one_of(
         st.tuples(st.sampled_from(names), st.just("host")),
-        *([st.tuples(st.sampled_from([f"c{i}" for i in range(len(conns))]), st.just("conn"))] if conns else []),
+        *(
+            [st.tuples(st.sampled_from([f"c{i}" for i in range(len(conns))]), st.just("conn"))]
+            if conns
+            else []
+        ),
     )
     monitors = tuple(draw(st.lists(mon_targets, unique=True, min_size=1, max_size=3)))
     pre = draw(st.lists(attacks, max_size=2))
@@ -189,8 +193,11 @@ class World:
             spec = {"type": "localfs", "localfs": {"path": str(self.allowed / path)}}
             docs.append({"kind": "StorageConnection", "name": f"c{i}", "spec": spec})
         for i, (target, how) in enumerate(self.sc.monitors):
-            tgt = {"hostPath": str(self.allowed / target)} if how == "host" else {"connectionRef": {"name": target}}
-            docs.append({"kind": "DomainMonitor", "name": f"m{i}", "spec": {"target": tgt, "intervalSeconds": 5}})
+            tgt: dict[str, Any] = {"connectionRef": {"name": target}}
+            if how == "host":
+                tgt = {"hostPath": str(self.allowed / target)}
+            spec = {"target": tgt, "intervalSeconds": 5}
+            docs.append({"kind": "DomainMonitor", "name": f"m{i}", "spec": spec})
         return [
             manifests.Document(f"gen#{n}", {"apiVersion": API, "kind": d["kind"],
                                              "metadata": {"name": d["name"]}, "spec": d["spec"]})
@@ -198,7 +205,8 @@ class World:
         ]  # fmt: skip
 
     def link_names(self) -> list[str]:
-        return [mounts.local_link_for(str(self.w / "mnt"), str(self.allowed / p)) for p in self.sc.connections]
+        base = str(self.w / "mnt")
+        return [mounts.local_link_for(base, str(self.allowed / p)) for p in self.sc.connections]
 
     def target_dirs(self) -> list[str]:
         out = []
