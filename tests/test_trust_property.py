@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, seed, settings
 
 pytestmark = [pytest.mark.host]
 
-CI_EXAMPLES = 40
+CI_EXAMPLES = 200
 settings.register_profile(
     "hoststorage-trust-ci", max_examples=CI_EXAMPLES, deadline=None, database=None, print_blob=True,
     suppress_health_check=list(HealthCheck),
