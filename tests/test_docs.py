@@ -105,3 +105,24 @@ def test_observability_lists_every_metric_the_rules_and_dashboard_use_and_each_e
     for name in sorted(used - {"up"}):
         base = re.sub(r"_(bucket|sum|count)$", "", name)
         assert base in listed or base.removesuffix("_total") + "_total" in listed or name in listed, name
+
+
+def test_every_test_the_security_table_names_exists() -> None:
+    """docs/security.md's "What was tried (issue 9)" table: each ``tests/FILE::test`` (and each
+    ``::test`` after it, meaning the same file) names a test function that exists, and each file too."""
+    section = TEXT["security.md"].split("## What was tried (issue 9)", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert len(rows) >= 11, "one row per class of issue 9, and the property suite"
+    named = 0
+    for row in rows:
+        current = None
+        for file, func in re.findall(r"`(tests/[\w/]+\.py)?(?:::(test_\w+))?`", row):
+            if file:
+                current = file
+                assert (ROOT / file).exists(), file
+            if func:
+                assert current is not None, f"{func}: no file named before it in {row[:60]}"
+                text = (ROOT / current).read_text()
+                assert re.search(rf"^def {func}\(", text, re.M), f"{current}::{func} does not exist"
+                named += 1
+    assert named >= 25
