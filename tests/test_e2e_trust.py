@@ -113,12 +113,13 @@ def test_a_foreign_mount_on_top_is_conflict_and_delete_unmounts_nothing(
         precious = pathlib.Path(mp, "precious")
         precious.write_bytes(b"the attacker's data")
         mtab, data = table(agent.mount_base), fingerprint(precious)
-        wait_state(kube_cluster, "StorageConnection", name, lambda s: s.get("reason") in ("Conflict", "Covered"),
+        covered = ("Conflict", "Covered")
+        wait_state(kube_cluster, "StorageConnection", name, lambda s: s.get("reason") in covered,
                    "Conflict after a resync")  # fmt: skip
         kube_cluster.kubectl("delete", "sconn", name, "--wait=false")
         down = wait_state(kube_cluster, "StorageConnection", name,
                           lambda s: s.get("phase") == "TeardownFailed", "TeardownFailed")  # fmt: skip
-        assert down["reason"] in ("Conflict", "Covered") and "on top" in down.get("message", ""), down
+        assert down["reason"] in covered and "on top" in down.get("message", ""), down
         assert table(agent.mount_base) == mtab and fingerprint(precious) == data
     wait_gone(kube_cluster, "sconn", name)  # the foreign mount gone: ours is torn down now
     wait_until(lambda: not mounts.mounts_at(mp), 30, "our mount unmounted")
