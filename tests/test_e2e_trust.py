@@ -139,7 +139,8 @@ def test_an_admins_pool_of_the_same_name_is_conflict_and_untouched(
         path = kube_cluster.allowed / name
         path.mkdir()
         spec = {"nodeSelector": only(kube_cluster), "dir": {"path": str(path)}}
-        kube_cluster.apply({"apiVersion": API, "kind": "StoragePool", "metadata": {"name": name}, "spec": spec})
+        meta = {"name": name}
+        kube_cluster.apply({"apiVersion": API, "kind": "StoragePool", "metadata": meta, "spec": spec})
         st = wait_state(
             kube_cluster, "StoragePool", name, lambda s: s.get("reason") == "Conflict", "Conflict"
         )
