@@ -44,6 +44,11 @@ def state(cluster: Cluster, kind: str, name: str) -> dict[str, Any]:
     return (cluster.states(name, kind=kind).get(cluster.nodes[0]) or {}).get("status") or {}
 
 
+def ready(s: dict[str, Any]) -> dict[str, Any]:
+    """The Ready condition of a child's status: its reason and message say why."""
+    return next((c for c in s.get("conditions") or [] if c.get("type") == "Ready"), {})
+
+
 def wait_state(cluster: Cluster, kind: str, name: str, pred: Any, what: str, timeout: float = 60) -> Any:
     try:
         return wait_until(lambda: (s := state(cluster, kind, name)) and pred(s) and s, timeout, what)
@@ -114,12 +119,12 @@ def test_a_foreign_mount_on_top_is_conflict_and_delete_unmounts_nothing(
         precious.write_bytes(b"the attacker's data")
         mtab, data = table(agent.mount_base), fingerprint(precious)
         covered = ("Conflict", "Covered")
-        wait_state(kube_cluster, "StorageConnection", name, lambda s: s.get("reason") in covered,
+        wait_state(kube_cluster, "StorageConnection", name, lambda s: ready(s).get("reason") in covered,
                    "Conflict after a resync")  # fmt: skip
         kube_cluster.kubectl("delete", "sconn", name, "--wait=false")
         down = wait_state(kube_cluster, "StorageConnection", name,
                           lambda s: s.get("phase") == "TeardownFailed", "TeardownFailed")  # fmt: skip
-        assert down["reason"] in covered and "on top" in down.get("message", ""), down
+        assert ready(down).get("reason") in covered and "on top" in ready(down).get("message", ""), down
         assert table(agent.mount_base) == mtab and fingerprint(precious) == data
     wait_gone(kube_cluster, "sconn", name)  # the foreign mount gone: ours is torn down now
     wait_until(lambda: not mounts.mounts_at(mp), 30, "our mount unmounted")
@@ -142,7 +147,7 @@ def test_an_admins_pool_of_the_same_name_is_conflict_and_untouched(
         meta = {"name": name}
         kube_cluster.apply({"apiVersion": API, "kind": "StoragePool", "metadata": meta, "spec": spec})
         st = wait_state(
-            kube_cluster, "StoragePool", name, lambda s: s.get("reason") == "Conflict", "Conflict"
+            kube_cluster, "StoragePool", name, lambda s: ready(s).get("reason") == "Conflict", "Conflict"
         )
         assert st["phase"] == "Failed", st
         kube_cluster.kubectl("delete", "spool", name, "--wait=false")
