@@ -28,7 +28,19 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from controller import cache, health, kube, metrics, naming, registry, rollup, settings, wiring, workqueue
+from controller import (
+    cache,
+    events,
+    health,
+    kube,
+    metrics,
+    naming,
+    registry,
+    rollup,
+    settings,
+    wiring,
+    workqueue,
+)
 from reconcilers import selector
 
 log = logging.getLogger(__name__)
@@ -40,6 +52,9 @@ COMPONENT = "hoststorage-controller"
 NODE_KIND = "Node"
 RECHECK_SECONDS = 15.0
 """While a deletion waits for a NotReady node's grace period, look again this often."""
+GRACE_SLACK = 0.2
+"""Seconds past a failure's grace before looking again: the work queue's clock is monotonic, the grace is
+counted on the wall clock; a little late is right, early would find nothing to do."""
 
 Key = tuple[str, str]
 
@@ -303,16 +318,23 @@ class Controller:
                 stale = [r for r in self.states.of_parent(key) if r.parent_uid != ctx.uid]
                 ctx.foreign = False
             now = _now()
-            new_status = rollup.status_of(parent, ctx.tally, old_status=parent.get("status"), now=now)
+            diagnosis = rollup.diagnosis_of(parent, ctx.tally, now=now)
+            new_status = rollup.status_of(parent, ctx.tally, old_status=parent.get("status"), now=now,
+                                          diagnosis=diagnosis)
             wait = self._window_left(key)
         if stale:
             self._delete_children(stale, f"{kind}/{name} was re-created")
+        if diagnosis.next_check is not None:
+            # A failure within its grace: look again when it passes, even if no event comes.
+            self.queue.add(key, delay=(diagnosis.next_check - now).total_seconds() + GRACE_SLACK)
         self.metrics.observe_parent(kind, name, new_status)
         if rollup.status_changed(parent.get("status"), new_status):
             if wait > 0:
                 self.queue.add(key, delay=wait)  # coalesced: the newest status lands when the window ends
             else:
+                old_status = parent.get("status") or {}
                 parent = self._write_status(key, new_status)
+                self._announce(key, parent, old_status, new_status)
         self.metrics.reconciles.labels(kind, "ok").inc()
         finalizers = list(meta.get("finalizers") or [])
         if not meta.get("deletionTimestamp"):
@@ -344,6 +366,25 @@ class Controller:
         ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
         log.info("controller: %s/%s: %s ready (%s)", kind, name, status["readyNodes"], ready.get("reason"))
         return parent
+
+    def _announce(
+        self, key: Key, parent: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        """Events of a written status: a change of diagnosis (:func:`controller.events.diagnosis_change`)."""
+        degraded: Mapping[str, Any] = next((c for c in new["conditions"] if c["type"] == "Degraded"), {})
+        news = events.diagnosis_change(old.get("diagnosis"), new.get("diagnosis"),
+                                       message=str(degraded.get("message") or ""))
+        for event in news:
+            log.warning("controller: %s/%s: %s: %s", key[0], key[1], event.reason, event.message)
+            self._post(key, parent, event)
+
+    def _post(self, key: Key, parent: Mapping[str, Any], event: events.Event) -> None:
+        self.api.post_event(
+            involved={"apiVersion": registry.API_VERSION, "kind": key[0], "name": key[1],
+                      "uid": str(cache.meta(parent).get("uid"))},
+            event_type=event.type, reason=event.reason, message=event.message, component=COMPONENT,
+            namespace=self.conf.event_namespace,
+        )
 
     def _finalize(
         self, key: Key, parent: Mapping[str, Any], mine: list[dict[str, Any]],
