@@ -35,6 +35,8 @@ from reconcilers import health_policy, selector
 
 MAX_FAILING_NODES = 5
 INVALID_SPEC = "InvalidSpec"
+PROBLEM_TAINT = f"{registry.GROUP}/storage-problem"
+"""The taint key of controller.node_signals (NodeInfo reads it)."""
 NODE_PROBLEM = "NodeProblem"
 STORAGE_PROBLEM = "StorageProblem"
 DETACHED_PHASES = frozenset({registry.DETACHED})
@@ -61,6 +63,8 @@ class NodeInfo:
     ready: bool = True
     ready_since: datetime.datetime | None = None
     """lastTransitionTime of the node's Ready condition (when it last changed)."""
+    taints: frozenset[tuple[str, str]] = frozenset()
+    """(effect, value) of the node's ``hoststorage.io/storage-problem`` taints (controller.node_signals)."""
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeInfo:
@@ -70,8 +74,12 @@ class NodeInfo:
             if cond.get("type") == "Ready":
                 ready = cond.get("status") == "True"
                 since = parse_time(cond.get("lastTransitionTime"))
+        ours = set()
+        for taint in (node.get("spec") or {}).get("taints") or []:
+            if isinstance(taint, Mapping) and taint.get("key") == PROBLEM_TAINT:
+                ours.add((str(taint.get("effect") or ""), str(taint.get("value") or "")))
         return cls(name=meta.get("name", ""), labels=dict(meta.get("labels") or {}), ready=ready,
-                   ready_since=since)
+                   ready_since=since, taints=frozenset(ours))
 
 
 def parse_time(text: Any) -> datetime.datetime | None:
