@@ -47,11 +47,6 @@ def taint_value(kind: str, name: str) -> str:
     return naming.label_value(f"{registry.BY_KIND[kind].short}.{name}")
 
 
-def our_taints(node: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
-    """(effect, value) of the Node's taints with :data:`TAINT_KEY`."""
-    return rollup.NodeInfo.from_node(node).taints
-
-
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What one parent wants on the Nodes."""
@@ -110,6 +105,15 @@ def plan(
     return Plan(frozenset(labelled), frozenset(kept), held, limit, due)
 
 
+def status_fields(
+    kind: str, name: str, policy: health_policy.Policy, old_status: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``status.nodeLabel`` while labels are on (null once to remove it when they go off)."""
+    if policy.label:
+        return {"nodeLabel": label_key(kind, name)}
+    return {"nodeLabel": None} if (old_status or {}).get("nodeLabel") else {}
+
+
 def held_condition(plan_: Plan, selected: int, policy: health_policy.Policy) -> dict[str, str]:
     """The parent's ``TaintsHeld`` condition (True while the breaker holds taints back)."""
     if not plan_.held or policy.taint is None:
@@ -138,12 +142,11 @@ def node_taints(
 
 
 def node_patch(
-    node: Mapping[str, Any], labels: Mapping[str, bool], taints: frozenset[tuple[str, str]] | None
+    node: rollup.NodeInfo, labels: Mapping[str, bool], taints: frozenset[tuple[str, str]] | None
 ) -> dict[str, Any] | None:
     """The one merge patch that makes ``node`` carry ``labels`` (key: wanted) and, unless None, exactly
     ``taints`` of ours (others' taints kept); None when it already does."""
-    meta = node.get("metadata") or {}
-    current = meta.get("labels") or {}
+    current = node.labels
     label_patch: dict[str, str | None] = {}
     for key, want in labels.items():
         if want and current.get(key) != LABEL_VALUE:
@@ -153,9 +156,9 @@ def node_patch(
     patch: dict[str, Any] = {}
     if label_patch:
         patch["metadata"] = {"labels": label_patch}
-    if taints is not None and our_taints(node) != taints:
-        others = [t for t in (node.get("spec") or {}).get("taints") or [] if t.get("key") != TAINT_KEY]
+    if taints is not None and node.taints != taints:
+        others = [dict(t) for t in node.taint_list if t.get("key") != TAINT_KEY]
         ours = [{"key": TAINT_KEY, "value": v, "effect": e} for e, v in sorted(taints)]
-        patch.setdefault("metadata", {})["resourceVersion"] = str(meta.get("resourceVersion") or "")
+        patch.setdefault("metadata", {})["resourceVersion"] = node.resource_version
         patch["spec"] = {"taints": others + ours}
     return patch or None

@@ -65,6 +65,9 @@ class NodeInfo:
     """lastTransitionTime of the node's Ready condition (when it last changed)."""
     taints: frozenset[tuple[str, str]] = frozenset()
     """(effect, value) of the node's ``hoststorage.io/storage-problem`` taints (controller.node_signals)."""
+    taint_list: tuple[Mapping[str, Any], ...] = dataclasses.field(default=(), compare=False)
+    """Every taint of the node, as listed (a taint patch replaces the list whole)."""
+    resource_version: str = dataclasses.field(default="", compare=False)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeInfo:
@@ -75,11 +78,13 @@ class NodeInfo:
                 ready = cond.get("status") == "True"
                 since = parse_time(cond.get("lastTransitionTime"))
         ours = set()
-        for taint in (node.get("spec") or {}).get("taints") or []:
-            if isinstance(taint, Mapping) and taint.get("key") == PROBLEM_TAINT:
+        listed = tuple(t for t in (node.get("spec") or {}).get("taints") or [] if isinstance(t, Mapping))
+        for taint in listed:
+            if taint.get("key") == PROBLEM_TAINT:
                 ours.add((str(taint.get("effect") or ""), str(taint.get("value") or "")))
         return cls(name=meta.get("name", ""), labels=dict(meta.get("labels") or {}), ready=ready,
-                   ready_since=since, taints=frozenset(ours))
+                   ready_since=since, taints=frozenset(ours), taint_list=listed,
+                   resource_version=str(meta.get("resourceVersion") or ""))
 
 
 def parse_time(text: Any) -> datetime.datetime | None:
@@ -345,6 +350,7 @@ def rollup(
 def status_of(
     parent: Mapping[str, Any], counts: Tally, *, old_status: Mapping[str, Any] | None = None,
     now: datetime.datetime, diagnosis: Diagnosis | None = None,
+    extra_conditions: Sequence[dict[str, str]] = (), extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The parent's new status from its :class:`Tally` (what :func:`rollup` returns); ``diagnosis`` is
     :func:`diagnosis_of` (computed here when not given)."""
@@ -388,7 +394,9 @@ def status_of(
     else:
         conditions.append(_cond("Degraded", False, "NoFailures", ""))
 
+    conditions += extra_conditions
     status: dict[str, Any] = {
+        **(extra or {}),
         "selected": total,
         "ready": n_ready,
         "failed": len(failed),

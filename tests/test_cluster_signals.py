@@ -146,3 +146,121 @@ def test_every_node_failing_is_a_storage_problem(world: World) -> None:
     assert degraded(world) == ("True", "StorageProblem")
     assert world.status("c1")["diagnosis"]["count"] == 4
     assert world.reasons() == ["StorageProblem"]
+
+
+# ------------------------------------------------------------------ scheduling signals (part 2)
+
+LABEL = "sconn.hoststorage.io/c1"
+
+
+def labelled(w: World) -> set[str]:
+    return {n for n, b in w.api.nodes.items() if (b["metadata"].get("labels") or {}).get(LABEL) == "true"}
+
+
+def tainted(w: World) -> set[str]:
+    return {n for n, body in w.api.nodes.items() if any(
+        t["key"] == "hoststorage.io/storage-problem" for t in (body.get("spec") or {}).get("taints") or [])}
+
+
+def condition(w: World, ctype: str) -> dict[str, Any]:
+    return next(c for c in w.status("c1")["conditions"] if c["type"] == ctype)
+
+
+def signalled(w: World, **taint: Any) -> dict[str, Any]:
+    signals = {"label": True, **({"taint": taint} if taint else {})}
+    p = health_parent(failureGraceSeconds=3, nodeSignals=signals)
+    w.add_parent(p)
+    for n in ("n1", "n2", "n3", "n4"):
+        w.report(p, n, "Connected")
+    w.run()
+    return p
+
+
+def test_labels_follow_readiness_after_the_grace_one_patch_per_transition(world: World) -> None:
+    p = signalled(world)
+    assert labelled(world) == {"n1", "n2", "n3", "n4"} and world.status("c1")["nodeLabel"] == LABEL
+    assert len(world.api.node_patches) == 4
+    world.report(p, "n2", "Failed")
+    world.run()
+    world.advance(2.5)
+    assert "n2" in labelled(world)  # within the grace
+    world.advance(0.8)
+    assert labelled(world) == {"n1", "n3", "n4"}
+    assert len(world.api.node_patches) == 5
+    world.advance(30)
+    assert len(world.api.node_patches) == 5  # steady: no writes
+    world.report(p, "n2", "Connected")
+    world.run()
+    assert labelled(world) == {"n1", "n2", "n3", "n4"} and len(world.api.node_patches) == 6
+    deleted = copy.deepcopy(world.api.parents[(KIND, "c1")])
+    deleted["metadata"]["deletionTimestamp"] = "2026-12-02T12:10:00Z"
+    deleted["metadata"]["resourceVersion"] = fleet.rv()
+    world.api.parents[(KIND, "c1")] = deleted
+    world.ctl.on_parent(KIND, "MODIFIED", deleted)
+    world.run()
+    assert labelled(world) == set() and len(world.api.node_patches) == 10
+
+
+def test_a_node_problem_taints_that_node_and_the_repair_removes_it(world: World) -> None:
+    p = signalled(world, effect="NoSchedule", maxTaintedPercent=25)  # 4 x 25 % = 1
+    world.report(p, "n3", "Failed")
+    world.run()
+    world.advance(3.3)
+    assert tainted(world) == {"n3"} and labelled(world) == {"n1", "n2", "n4"}
+    n3 = world.api.nodes["n3"]
+    assert n3["spec"]["taints"] == [
+        {"key": "hoststorage.io/storage-problem", "value": "sconn.c1", "effect": "NoSchedule"}
+    ]
+    assert condition(world, "TaintsHeld")["status"] == "False"
+    writes = len(world.api.node_patches)
+    world.report(p, "n3", "Connected")
+    world.run()
+    assert tainted(world) == set() and "n3" in labelled(world)
+    assert len(world.api.node_patches) == writes + 1  # label and taint in one patch
+
+
+def test_a_storage_problem_taints_nothing(world: World) -> None:
+    p = signalled(world, effect="NoExecute", maxTaintedPercent=100)
+    for n in ("n1", "n2", "n3", "n4"):
+        world.report(p, n, "Failed")
+    world.run()
+    world.advance(3.3)
+    assert degraded(world) == ("True", "StorageProblem")
+    assert tainted(world) == set() and labelled(world) == set()
+
+
+def test_the_breaker_holds_past_the_share_and_says_so(world: World) -> None:
+    p = signalled(world, effect="NoSchedule", maxTaintedPercent=25)
+    world.report(p, "n2", "Failed")
+    world.report(p, "n3", "Failed")
+    world.run()
+    world.advance(3.3)
+    assert degraded(world) == ("True", "NodeProblem")
+    assert tainted(world) == set()
+    held = condition(world, "TaintsHeld")
+    assert held["status"] == "True" and "n2, n3" in held["message"]
+
+
+def test_a_conflict_on_the_taint_patch_is_retried(world: World) -> None:
+    p = signalled(world, effect="NoSchedule", maxTaintedPercent=25)
+    world.report(p, "n3", "Failed")
+    world.run()
+    world.api.conflicts = 1
+    world.advance(3.3)
+    assert tainted(world) == set()
+    world.ctl.queue.add((KIND, "c1"))
+    world.run()
+    assert tainted(world) == {"n3"}
+
+
+def test_a_deleted_parent_leaves_no_signal(world: World) -> None:
+    p = signalled(world, effect="NoSchedule", maxTaintedPercent=25)
+    world.report(p, "n3", "Failed")
+    world.run()
+    world.advance(3.3)
+    assert tainted(world) == {"n3"}
+    gone = copy.deepcopy(world.api.parents.pop((KIND, "c1")))
+    gone["metadata"]["resourceVersion"] = fleet.rv()
+    world.ctl.on_parent(KIND, "DELETED", gone)
+    world.run()
+    assert tainted(world) == set() and labelled(world) == set()

@@ -128,8 +128,10 @@ def test_deleting_wants_nothing() -> None:
     assert out == node_signals.Plan()
 
 
-def node(labels: dict[str, str], taints: list[dict[str, str]]) -> dict[str, Any]:
-    return {"metadata": {"name": "a", "resourceVersion": "7", "labels": labels}, "spec": {"taints": taints}}
+def node(labels: dict[str, str], taints: list[dict[str, str]]) -> rollup.NodeInfo:
+    return rollup.NodeInfo.from_node(
+        {"metadata": {"name": "a", "resourceVersion": "7", "labels": labels}, "spec": {"taints": taints}}
+    )
 
 
 def test_a_node_patch_only_on_a_transition_labels_alone_without_precondition() -> None:
