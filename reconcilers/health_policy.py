@@ -18,6 +18,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from reconcilers import selector
+
 FIELDS = ("failureGraceSeconds", "nodeSignals")
 """The spec fields this module owns (each kind's parser allows them)."""
 GRACE_RANGE = (0, 86400)
@@ -30,13 +32,9 @@ DEFAULT_MAX_TAINTED_PERCENT = 30
 give only when the problem is clearly a few nodes'."""
 
 
-class PolicyError(ValueError):
-    """The policy is malformed; ``field`` is the dotted path of the offending part."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
+class PolicyError(selector.SelectorError):
+    """The policy is malformed; ``field`` is the dotted path of the offending part (the shape of
+    :class:`reconcilers.selector.SelectorError`, the other stdlib-only spec rule)."""
 
 
 @dataclasses.dataclass(frozen=True)
