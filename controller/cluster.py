@@ -28,8 +28,21 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from controller import cache, health, kube, metrics, naming, registry, rollup, settings, wiring, workqueue
-from reconcilers import selector
+from controller import (
+    cache,
+    events,
+    health,
+    kube,
+    metrics,
+    naming,
+    node_signals,
+    registry,
+    rollup,
+    settings,
+    wiring,
+    workqueue,
+)
+from reconcilers import health_policy, selector
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +53,9 @@ COMPONENT = "hoststorage-controller"
 NODE_KIND = "Node"
 RECHECK_SECONDS = 15.0
 """While a deletion waits for a NotReady node's grace period, look again this often."""
+GRACE_SLACK = 0.2
+"""Seconds past a failure's grace before looking again: the work queue's clock is monotonic, the grace is
+counted on the wall clock; a little late is right, early would find nothing to do."""
 
 Key = tuple[str, str]
 
@@ -62,6 +78,10 @@ class _Parent:
         self.tally = rollup.Tally()
         self.foreign = False
         """A child of an earlier parent of the same name (another uid) was seen: sweep it."""
+        self.signals: node_signals.Plan | None = None
+        """What this parent last wanted on the Nodes (None: not planned since this tally was built)."""
+        self.taint: tuple[str, str] | None = None
+        """(effect, value) of the taint it asks for (None: taints off)."""
 
     def selects(self, info: rollup.NodeInfo | None) -> bool:
         return info is not None and self.selector is not None and self.selector.matches(info.labels)
@@ -290,6 +310,10 @@ class Controller:
         parent = self.parents.get(key)
         if parent is None:
             with self._lock:
+                gone = self._rollups.get(key)
+                if gone is not None and gone.signals:
+                    gone.taint = None
+                    self._apply_signals(key, gone, node_signals.Plan())
                 self._rollups.pop(key, None)
                 self._written.pop(key, None)
             self._delete_children(self.states.of_parent(key), f"{kind}/{name} deleted")
@@ -303,16 +327,24 @@ class Controller:
                 stale = [r for r in self.states.of_parent(key) if r.parent_uid != ctx.uid]
                 ctx.foreign = False
             now = _now()
-            new_status = rollup.status_of(parent, ctx.tally, old_status=parent.get("status"), now=now)
+            diagnosis, signals, new_status = self._evaluate(key, ctx, parent, now)
             wait = self._window_left(key)
         if stale:
             self._delete_children(stale, f"{kind}/{name} was re-created")
+        with self._lock:
+            self._apply_signals(key, ctx, signals)
+        checks = [t for t in (diagnosis.next_check, signals.next_check) if t is not None]
+        if checks:
+            # A failure or a label within its grace: look again when it passes, even if no event comes.
+            self.queue.add(key, delay=(min(checks) - now).total_seconds() + GRACE_SLACK)
         self.metrics.observe_parent(kind, name, new_status)
         if rollup.status_changed(parent.get("status"), new_status):
             if wait > 0:
                 self.queue.add(key, delay=wait)  # coalesced: the newest status lands when the window ends
             else:
+                old_status = parent.get("status") or {}
                 parent = self._write_status(key, new_status)
+                self._announce(key, parent, old_status, new_status)
         self.metrics.reconciles.labels(kind, "ok").inc()
         finalizers = list(meta.get("finalizers") or [])
         if not meta.get("deletionTimestamp"):
@@ -344,6 +376,80 @@ class Controller:
         ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
         log.info("controller: %s/%s: %s ready (%s)", kind, name, status["readyNodes"], ready.get("reason"))
         return parent
+
+    def _evaluate(
+        self, key: Key, ctx: _Parent, parent: Mapping[str, Any], now: datetime.datetime
+    ) -> tuple[rollup.Diagnosis, node_signals.Plan, dict[str, Any]]:
+        """The parent's diagnosis, what it wants on the Nodes, and its new status. Lock held."""
+        kind, name = key
+        diagnosis = rollup.diagnosis_of(parent, ctx.tally, now=now)
+        policy = health_policy.of_parent(parent)
+        deleting = bool(cache.meta(parent).get("deletionTimestamp"))
+        infos = {n: i for n in ctx.tally.selected if (i := self.nodes.get(n)) is not None}
+        signals = node_signals.plan(kind, name, policy, ctx.tally, diagnosis=diagnosis, nodes=infos,
+                                    now=now, deleting=deleting)
+        ctx.taint = (policy.taint.effect, node_signals.taint_value(kind, name)) if policy.taint else None
+        extra_conditions = []
+        if policy.taint is not None and not deleting:
+            extra_conditions.append(node_signals.held_condition(signals, len(ctx.tally.selected), policy))
+        new_status = rollup.status_of(
+            parent, ctx.tally, old_status=parent.get("status"), now=now, diagnosis=diagnosis,
+            extra_conditions=extra_conditions,
+            extra=node_signals.status_fields(kind, name, policy, parent.get("status")),
+        )
+        return diagnosis, signals, new_status
+
+    def _apply_signals(self, key: Key, ctx: _Parent, plan: node_signals.Plan) -> None:
+        """Make the Nodes carry what ``plan`` wants of ``key`` (labels, its share of the taints): one
+        merge patch per Node that must change, none when nothing changed. Call with the lock held (it
+        reads every parent's taints); a 409 (the Node moved) raises ApiError, and the retry sees it."""
+        kind, name = key
+        old = ctx.signals
+        label = node_signals.label_key(kind, name)
+        if old is None:
+            # First plan since this tally was built (a start, a re-created parent): whatever Nodes carry.
+            touched = {str(n) for n, i in self.nodes.items() if label in i.labels or i.taints}
+        else:
+            touched = set(old.labelled | old.tainted)
+        touched |= plan.labelled | plan.tainted
+        ctx.signals = plan
+        for node in sorted(touched):
+            info = self.nodes.get(node)
+            if info is None:
+                continue
+            wanted = [c.taint for c in self._rollups.values()
+                      if c.taint is not None and c.signals is not None and node in c.signals.tainted]
+            patch = node_signals.node_patch(info, {label: node in plan.labelled},
+                                            node_signals.node_taints(wanted))
+            if patch is None:
+                continue
+            try:
+                updated = self.api.patch_node(node, patch)
+            except kube.ApiError:
+                ctx.signals = None  # plan again from what the Nodes carry
+                raise
+            self.metrics.status_writes.labels("node").inc()
+            log.info("controller: %s/%s: node %s: %s", kind, name, node, json.dumps(patch))
+            self.on_node("MODIFIED", updated)
+
+    def _announce(
+        self, key: Key, parent: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        """Events of a written status: a change of diagnosis (:func:`controller.events.diagnosis_change`)."""
+        degraded: Mapping[str, Any] = next((c for c in new["conditions"] if c["type"] == "Degraded"), {})
+        news = events.diagnosis_change(old.get("diagnosis"), new.get("diagnosis"),
+                                       message=str(degraded.get("message") or ""))
+        for event in news:
+            log.warning("controller: %s/%s: %s: %s", key[0], key[1], event.reason, event.message)
+            self._post(key, parent, event)
+
+    def _post(self, key: Key, parent: Mapping[str, Any], event: events.Event) -> None:
+        self.api.post_event(
+            involved={"apiVersion": registry.API_VERSION, "kind": key[0], "name": key[1],
+                      "uid": str(cache.meta(parent).get("uid"))},
+            event_type=event.type, reason=event.reason, message=event.message, component=COMPONENT,
+            namespace=self.conf.event_namespace,
+        )
 
     def _finalize(
         self, key: Key, parent: Mapping[str, Any], mine: list[dict[str, Any]],

@@ -1,4 +1,10 @@
-"""The agent's Event policy: which changes on a node are news, as pure functions, and the one poster.
+"""The Event policy: which changes are news, as pure functions, and the one poster.
+
+The controller's one kind of news (:func:`diagnosis_change`): a parent's diagnosis (node problem,
+storage problem, none; :mod:`controller.rollup`) changed, or the nodes it names did: Warning
+``NodeProblem`` / ``StorageProblem``, Normal ``ProblemCleared``. A diagnosis that persists is status.
+
+The agent's:
 
 Events are for warnings and transitions only (DESIGN.md "The agent inside"); a state that persists is in
 status, not re-announced every resync. What counts as news:
@@ -53,6 +59,27 @@ def after_reconcile(
         if not ready or old_phase in row.transition_events:
             out.append(Event("Normal" if ready else "Warning", phase, f"{node}: {reason}: {message}"))
     return out
+
+
+PROBLEM_CLEARED = "ProblemCleared"
+
+
+def diagnosis_change(
+    old: Mapping[str, Any] | None, new: Mapping[str, Any] | None, *, message: str
+) -> list[Event]:
+    """The Events of a parent's ``status.diagnosis`` going from ``old`` to ``new`` (None: no problem);
+    ``message`` is the new Degraded message."""
+    def key(d: Mapping[str, Any] | None) -> Any:
+        return None if not d else (d.get("problem"), tuple(d.get("nodes") or ()), d.get("count"))
+
+    if key(old) == key(new):
+        return []
+    if new:
+        return [Event("Warning", str(new.get("problem")), message)]
+    assert old is not None
+    was = ", ".join(old.get("nodes") or ())
+    return [Event("Normal", PROBLEM_CLEARED, f"no node or storage problem any more (was {old.get('problem')}"
+                                             f"{' on ' + was if was else ''})")]
 
 
 def after_teardown(old_phase: str | None, phase: str, message: str, *, node: str) -> list[Event]:

@@ -286,6 +286,17 @@ class Api:
                                            content_type=MERGE_PATCH)
         return obj
 
+    # ---- Nodes (controller: scheduling signals, controller.node_signals)
+
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a Node: labels key by key; a ``spec.taints`` list replaces the list
+        whole, so such a patch carries ``metadata.resourceVersion`` (409 Conflict when the Node moved)."""
+        obj: dict[str, Any] = self._call(
+            "PATCH", "/api/v1/nodes/" + urllib.parse.quote(name, safe=""), body=dict(patch),
+            content_type=MERGE_PATCH,
+        )
+        return obj
+
     # ---- Events
 
     def post_event(

@@ -6,8 +6,19 @@ tested table-driven without an API server; ``controller.cluster`` only fetches, 
 
 Parent status fields (agreed with ``crds/storageconnection.yaml``): ``observedGeneration``,
 ``selected``, ``ready``, ``failed``, ``readyNodes`` (text such as ``"3/3"`` for the READY printer
-column), ``failingNodes`` (the first few ``{node, reason, message}``) and ``conditions`` (``Ready``,
-``Progressing``, ``Degraded``, each with a reason and message).
+column), ``failingNodes`` (the first few ``{node, reason, message}``), ``diagnosis`` (see below) and
+``conditions`` (``Ready``, ``Progressing``, ``Degraded``, each with a reason and message).
+
+Diagnosis (the oVirt engine's rule, issue 11): a selected node's failure counts once it has lasted the
+parent's ``spec.failureGraceSeconds`` (:mod:`reconcilers.health_policy`), measured from the
+``lastTransitionTime`` of that node's Ready condition, which its agent keeps while the condition stays
+False (so the time survives a controller restart and is per node; the cost is that agent and controller
+clocks must agree, as NTP keeps them). Among the failures that count: if some selected node is Ready it is
+a ``NodeProblem`` of the failing nodes, if none is (every reporting node fails) a ``StorageProblem``.
+Nodes that report neither Ready nor failed (pending, unknown) do not take part, nor do failures
+with reason InvalidSpec (the spec's problem) or without a date. A failure still within its
+grace keeps the nodes' own reasons and gives :attr:`Diagnosis.next_check`, when the caller must look again
+even if nothing else happens.
 """
 
 from __future__ import annotations
@@ -20,9 +31,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from controller import registry
-from reconcilers import selector
+from reconcilers import health_policy, selector
 
 MAX_FAILING_NODES = 5
+INVALID_SPEC = "InvalidSpec"
+PROBLEM_TAINT = f"{registry.GROUP}/storage-problem"
+"""The taint key of controller.node_signals (NodeInfo reads it)."""
+NODE_PROBLEM = "NodeProblem"
+STORAGE_PROBLEM = "StorageProblem"
 DETACHED_PHASES = frozenset({registry.DETACHED})
 
 
@@ -47,6 +63,11 @@ class NodeInfo:
     ready: bool = True
     ready_since: datetime.datetime | None = None
     """lastTransitionTime of the node's Ready condition (when it last changed)."""
+    taints: frozenset[tuple[str, str]] = frozenset()
+    """(effect, value) of the node's ``hoststorage.io/storage-problem`` taints (controller.node_signals)."""
+    taint_list: tuple[Mapping[str, Any], ...] = dataclasses.field(default=(), compare=False)
+    """Every taint of the node, as listed (a taint patch replaces the list whole)."""
+    resource_version: str = dataclasses.field(default="", compare=False)
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any]) -> NodeInfo:
@@ -56,8 +77,14 @@ class NodeInfo:
             if cond.get("type") == "Ready":
                 ready = cond.get("status") == "True"
                 since = parse_time(cond.get("lastTransitionTime"))
+        ours = set()
+        listed = tuple(t for t in (node.get("spec") or {}).get("taints") or [] if isinstance(t, Mapping))
+        for taint in listed:
+            if taint.get("key") == PROBLEM_TAINT:
+                ours.add((str(taint.get("effect") or ""), str(taint.get("value") or "")))
         return cls(name=meta.get("name", ""), labels=dict(meta.get("labels") or {}), ready=ready,
-                   ready_since=since)
+                   ready_since=since, taints=frozenset(ours), taint_list=listed,
+                   resource_version=str(meta.get("resourceVersion") or ""))
 
 
 def parse_time(text: Any) -> datetime.datetime | None:
@@ -139,6 +166,8 @@ class Verdict:
     reason: str = ""
     message: str = ""
     """Reason and message of a child that is not ready (empty for a ready one)."""
+    since: datetime.datetime | None = None
+    """A child that is not ready: since when (its Ready condition's lastTransitionTime; None unknown)."""
 
 
 def verdict(status: Mapping[str, Any] | None, phases: Phases) -> Verdict | None:
@@ -147,9 +176,77 @@ def verdict(status: Mapping[str, Any] | None, phases: Phases) -> Verdict | None:
         return None
     ready = child_ready(status, phases)
     reason, message = ("", "") if ready else child_reason(status)
-    failed = not ready and (status.get("phase") in phases.failed or reason == "InvalidSpec")
+    failed = not ready and (status.get("phase") in phases.failed or reason == INVALID_SPEC)
+    since = None
+    if not ready:
+        cond = _condition(status, "Ready")
+        since = parse_time(cond.get("lastTransitionTime")) if cond is not None else None
     return Verdict(str(status.get("phase") or ""), status.get("observedGeneration"), ready, failed,
-                   reason, message)
+                   reason, message, since)
+
+
+def past_grace(v: Verdict, now: datetime.datetime, grace: datetime.timedelta) -> bool:
+    """Whether ``v`` (not ready) has been so for ``grace`` or longer. An undated one never has: without
+    a start there is no grace to pass (our agents always date their conditions)."""
+    return v.since is not None and now - v.since >= grace
+
+
+@dataclasses.dataclass(frozen=True)
+class Diagnosis:
+    """Whose problem a parent's failure is (see the module docstring)."""
+
+    problem: str = ""
+    """:data:`NODE_PROBLEM`, :data:`STORAGE_PROBLEM`, or empty (none yet, or no failure)."""
+    nodes: tuple[str, ...] = ()
+    """Every selected node whose failure counts, by name."""
+    since: datetime.datetime | None = None
+    """When the earliest of them started failing (None: unknown or no problem)."""
+    next_check: datetime.datetime | None = None
+    """When a failure still within its grace would pass it (None: none is waiting)."""
+
+    def status(self) -> dict[str, Any] | None:
+        """The parent's ``status.diagnosis`` (None removes it: a merge patch deletes a null)."""
+        if not self.problem:
+            return None
+        out: dict[str, Any] = {"problem": self.problem, "nodes": list(self.nodes[:MAX_FAILING_NODES]),
+                               "count": len(self.nodes)}
+        if self.since is not None:
+            out["since"] = format_time(self.since)
+        return out
+
+
+def grace_of(parent: Mapping[str, Any]) -> datetime.timedelta:
+    return datetime.timedelta(seconds=health_policy.of_parent(parent).grace_seconds)
+
+
+def diagnose(counts: Tally, *, grace: datetime.timedelta, now: datetime.datetime) -> Diagnosis:
+    """The :class:`Diagnosis` of a parent's :class:`Tally` at ``now``. O(failed nodes)."""
+    late: list[str] = []
+    since: datetime.datetime | None = None
+    due: datetime.datetime | None = None
+    for node in counts.failed:
+        v = counts.verdicts[node]
+        assert v is not None
+        if v.reason == INVALID_SPEC:
+            continue  # the spec's problem, not the node's nor the storage's: Degraded says InvalidSpec
+        if past_grace(v, now, grace):
+            late.append(node)
+            assert v.since is not None  # past_grace: dated
+            if since is None or v.since < since:
+                since = v.since
+        elif v.since is not None and (due is None or v.since + grace < due):
+            due = v.since + grace
+    if not late:
+        return Diagnosis(next_check=due)
+    problem = NODE_PROBLEM if counts.ready else STORAGE_PROBLEM
+    return Diagnosis(problem, tuple(sorted(late)), since, due)
+
+
+def diagnosis_of(parent: Mapping[str, Any], counts: Tally, *, now: datetime.datetime) -> Diagnosis:
+    """:func:`diagnose` with the parent's grace; none for a parent being deleted."""
+    if (parent.get("metadata") or {}).get("deletionTimestamp"):
+        return Diagnosis()
+    return diagnose(counts, grace=grace_of(parent), now=now)
 
 
 class Tally:
@@ -252,9 +349,12 @@ def rollup(
 
 def status_of(
     parent: Mapping[str, Any], counts: Tally, *, old_status: Mapping[str, Any] | None = None,
-    now: datetime.datetime,
+    now: datetime.datetime, diagnosis: Diagnosis | None = None,
+    extra_conditions: Sequence[dict[str, str]] = (), extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The parent's new status from its :class:`Tally` (what :func:`rollup` returns)."""
+    """The parent's new status from its :class:`Tally` (what :func:`rollup` returns); ``diagnosis`` is
+    :func:`diagnosis_of` (computed here when not given)."""
+    diag = diagnosis if diagnosis is not None else diagnosis_of(parent, counts, now=now)
     meta = parent.get("metadata") or {}
     generation = meta.get("generation")
     deleting = bool(meta.get("deletionTimestamp"))
@@ -285,24 +385,44 @@ def status_of(
         conditions.append(_cond("Ready", False, reason, f"{n_ready}/{total} nodes ready"))
         conditions.append(_cond("Progressing", bool(n_waiting), "Reconciling" if n_waiting else "Reconciled",
                                 _node_list("waiting for", waiting, n_waiting) if n_waiting else ""))
-    if failed and not deleting:
+    if failed and not deleting and diag.problem:
+        conditions.append(_cond("Degraded", True, diag.problem, _problem_message(diag, counts)))
+    elif failed and not deleting:
         top = Counter(r for _, r, _ in failed).most_common(1)[0][0]
         msg = "; ".join(f"{n}: {r}: {m}" if m else f"{n}: {r}" for n, r, m in failed[:MAX_FAILING_NODES])
         conditions.append(_cond("Degraded", True, top, msg[:1024]))
     else:
         conditions.append(_cond("Degraded", False, "NoFailures", ""))
 
+    conditions += extra_conditions
     status: dict[str, Any] = {
+        **(extra or {}),
         "selected": total,
         "ready": n_ready,
         "failed": len(failed),
         "readyNodes": f"{n_ready}/{total}",
         "failingNodes": failing,
+        "diagnosis": diag.status(),
         "conditions": merge_conditions((old_status or {}).get("conditions") or [], conditions, now),
     }
     if generation is not None:
         status["observedGeneration"] = generation
     return status
+
+
+def _problem_message(diag: Diagnosis, counts: Tally) -> str:
+    """The Degraded message of a diagnosis: who, and the first few nodes' own reasons."""
+    names = _node_list("", diag.nodes, len(diag.nodes)).strip()
+    if diag.problem == NODE_PROBLEM:
+        head = f"node problem on {names} ({len(counts.ready)} other nodes are ready)"
+    else:
+        head = f"storage problem: every reporting node fails ({names})"
+    details = []
+    for node in diag.nodes[:MAX_FAILING_NODES]:
+        v = counts.verdicts[node]
+        assert v is not None
+        details.append(f"{node}: {v.reason}: {v.message}" if v.message else f"{node}: {v.reason}")
+    return f"{head}: {'; '.join(details)}"[:1024]
 
 
 def _node_list(prefix: str, names: Sequence[str], total: int) -> str:

@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from hostlib import actions, checker, domain_metadata, errors, ledger, paths
+from reconcilers import health_policy, kind, selector, spec, status, storage_connection, storage_pool
 from reconcilers import host as host_mod
-from reconcilers import kind, selector, spec, status, storage_connection, storage_pool
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ subscribe = kind.no_host_events
 SPEC_FIELDS = (
     "nodeSelector", "deletionPolicy", "target", "probeFile", "intervalSeconds", "timeoutSeconds",
     "readDelayWarningSeconds", "freeSpaceWarningPercent", "reportIntervalSeconds", "resumePausedVMs",
+    *health_policy.FIELDS,
 )
 
 INTERVAL_RANGE = (1, 3600)
@@ -116,6 +117,7 @@ def parse(obj: Mapping[str, Any]) -> Spec:
     meta, raw = spec.envelope(obj, KIND)
     spec.fields(raw, "spec", allowed=SPEC_FIELDS, required=("target",))
     target = _parse_target(raw["target"])
+    spec.health(raw)
     probe = ""
     if raw.get("probeFile") is not None:
         probe = spec.relative_path(raw["probeFile"], "spec.probeFile")

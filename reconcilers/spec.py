@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from hostlib import errors, iscsi, paths
-from reconcilers import api, selector
+from reconcilers import api, health_policy, selector
 
 MAX_PATH = paths.MAX_PATH
 MAX_UID = 128
@@ -230,6 +230,16 @@ def iscsi_name(value: object, field: str) -> str:
     """An RFC 3720 iSCSI name (iqn., eui., naa.; upper case accepted), as :mod:`hostlib.iscsi` says."""
     string(value, field, max_len=iscsi.MAX_NAME)
     return iscsi.check_name(value, field=field)
+
+
+def health(raw_spec: Mapping[str, Any]) -> health_policy.Policy:
+    """The shared health policy (``failureGraceSeconds``, ``nodeSignals``) of
+    :mod:`reconcilers.health_policy`, with InvalidSpec. The agent only checks it: the cluster controller
+    acts on it."""
+    try:
+        return health_policy.parse(raw_spec)
+    except health_policy.PolicyError as exc:
+        raise invalid(exc.field, exc.message) from None
 
 
 def node_selector(value: object, field: str = "spec.nodeSelector") -> selector.NodeSelector:

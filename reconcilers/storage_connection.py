@@ -32,8 +32,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hostlib import actions, connections, errors, ledger, mounts, paths
+from reconcilers import health_policy, kind, selector, spec, status
 from reconcilers import host as host_mod
-from reconcilers import kind, selector, spec, status
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,9 @@ _PARAMS: dict[str, type[Any]] = {
 def parse(obj: Mapping[str, Any]) -> ConnectionSpec:
     """A StorageConnection manifest -> ConnectionSpec; InvalidSpec(field=...) on any structural problem."""
     meta, raw = spec.envelope(obj, KIND)
-    spec.fields(raw, "spec", allowed=("type", "nodeSelector", "deletionPolicy", *TYPES), required=("type",))
+    allowed = ("type", "nodeSelector", "deletionPolicy", *TYPES, *health_policy.FIELDS)
+    spec.fields(raw, "spec", allowed=allowed, required=("type",))
+    spec.health(raw)
     conn_type = spec.choice(raw["type"], "spec.type", TYPES)
     policy = spec.deletion_policy(raw)
     extra = [t for t in TYPES if t != conn_type and raw.get(t) is not None]

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hostlib import actions, blockdevs, errors, fsops, ledger, leftovers, libvirt_pools, mounts, paths
+from reconcilers import health_policy, kind, selector, spec, status, storage_connection
 from reconcilers import host as host_mod
-from reconcilers import kind, selector, spec, status, storage_connection
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ DETAIL_KEY = "pool"
 RESULTS = status.Results(KIND, DETAIL_KEY, status.Phase.RUNNING)
 
 SOURCES = ("connectionRef", "dir", "fs", "netfs", "iscsiDirect", "iscsi", "logical")
-SPEC_FIELDS = ("nodeSelector", "deletionPolicy", "autostart", "libvirtName", *SOURCES)
+SPEC_FIELDS = ("nodeSelector", "deletionPolicy", "autostart", "libvirtName", *SOURCES, *health_policy.FIELDS)
 # libvirt's own fs pool formats that make sense on a node; "auto" lets mount(8) probe.
 FS_FORMATS = ("auto", "ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "iso9660", "udf")
 NETFS_FORMATS = ("nfs", "glusterfs")
@@ -248,6 +248,7 @@ def parse(obj: Mapping[str, Any]) -> PoolSpec:
     """A StoragePool manifest -> :class:`PoolSpec`; ``InvalidSpec`` naming the field. No I/O."""
     meta, raw = spec.envelope(obj, KIND)
     spec.fields(raw, "spec", allowed=SPEC_FIELDS)
+    spec.health(raw)
     if raw.get("libvirtName") is None:
         libvirt_name, field = meta.name, "metadata.name"
     else:

@@ -116,6 +116,10 @@ class FakeApi:
     ) -> dict[str, Any]:
         raise NotImplementedError("the agent never writes parents")
 
+    # ---- Nodes (controller)
+    def patch_node(self, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError("the agent never writes Nodes")
+
     # ---- Events
     def post_event(
         self,

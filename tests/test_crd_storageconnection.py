@@ -85,6 +85,8 @@ def test_spec_field_names_follow_the_design() -> None:
         "glusterfs",
         "iscsi",
         "localfs",
+        "failureGraceSeconds",
+        "nodeSignals",
     }
     assert set(spec["nfs"]["properties"]) == {"server", "export", "version", "timeo", "retrans", "options"}
     assert set(spec["posixfs"]["properties"]) == {"source", "vfsType", "options"}

@@ -157,6 +157,7 @@ _review("controller", GROUP, [f"{p}/status" for p in PARENTS], ("patch",), "clus
 _review("controller", GROUP, ["storagenodestates"], ("list", "watch", "delete"), "cluster",
         "reads children, deletes those of deleted nodes and parents")
 _review("controller", "", ["nodes"], ("list", "watch"), "cluster", "node gone / NotReady grace")
+_review("controller", "", ["nodes"], ("patch",), "cluster", "scheduling signals: labels, problem taints")
 _review("controller", "coordination.k8s.io", ["leases"], ("get", "create", "update"), "release",
         "leader election between replicas")
 _review("controller", "", ["events"], ("create",), "ns:default", "skipped nodes on teardown")

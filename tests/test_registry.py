@@ -85,7 +85,9 @@ def test_the_cluster_controller_process_loads_no_reconciler_host_layer_or_libvir
     loaded = set(proc.stdout.split())
     assert "controller.cluster" in loaded
     assert not {m for m in loaded if m == "libvirt" or m.startswith("hostlib")}
-    assert {m for m in loaded if m.startswith("reconcilers.")} <= {"reconcilers.api", "reconcilers.selector"}
+    assert {m for m in loaded if m.startswith("reconcilers.")} <= {
+        "reconcilers.api", "reconcilers.selector", "reconcilers.health_policy"
+    }
 
 
 @pytest.mark.parametrize("row", [r for r in registry.ROWS if r.runtime], ids=lambda r: r.kind)

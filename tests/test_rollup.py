@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from controller import registry, rollup
+import pytest
+
+from controller import events, registry, rollup
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 GRACE = datetime.timedelta(minutes=5)
@@ -210,3 +212,147 @@ def test_a_monitor_invalid_or_degraded_on_a_node_rolls_up_as_degraded_not_waitin
     )
     assert conds(status)["Ready"] == ("False", "WaitingForNodes")
     assert status["failed"] == 0
+
+
+# ------------------------------------------------------------------ diagnosis (issue 11 part 1)
+
+SECOND = datetime.timedelta(seconds=1)
+
+
+def dated(
+    node: str, phase: str, *, failing_for: datetime.timedelta | None, reason: str = ""
+) -> dict[str, Any]:
+    """A child whose Ready condition turned False ``failing_for`` before NOW (None: undated)."""
+    kid = child(node, phase, reason=reason)
+    if failing_for is not None:
+        kid["status"]["conditions"][0]["lastTransitionTime"] = rollup.format_time(NOW - failing_for)
+    return kid
+
+
+def graced(seconds: int, **spec: Any) -> dict[str, Any]:
+    p = parent()
+    p["spec"].update({"failureGraceSeconds": seconds, **spec})
+    return p
+
+
+OK = "Connected"
+BAD = "Failed"
+G = datetime.timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(
+    ("kids", "problem", "nodes"),
+    [
+        # one node failing, the others ready: a node problem once the grace has passed ...
+        ({"node-a": (OK, None), "node-b": (OK, None), "node-c": (BAD, G)}, "NodeProblem", ("node-c",)),
+        # ... exactly at the grace too (>=), not a second before
+        ({"node-a": (OK, None), "node-b": (OK, None), "node-c": (BAD, G - SECOND)}, "", ()),
+        ({"node-a": (OK, None), "node-b": (BAD, G + SECOND), "node-c": (BAD, G)}, "NodeProblem",
+         ("node-b", "node-c")),
+        # every reporting node failing: a storage problem
+        ({"node-a": (BAD, G), "node-b": (BAD, 2 * G), "node-c": (BAD, G)}, "StorageProblem",
+         ("node-a", "node-b", "node-c")),
+        # a node still within its grace is no ready node: storage, and it is not named yet
+        ({"node-a": (BAD, G), "node-b": (BAD, G - SECOND), "node-c": (BAD, G)}, "StorageProblem",
+         ("node-a", "node-c")),
+        # a node that does not report (pending) takes no part
+        ({"node-a": ("Pending", None), "node-b": (BAD, G)}, "StorageProblem", ("node-b",)),
+        ({"node-a": (OK, None), "node-b": (BAD, G)}, "NodeProblem", ("node-b",)),
+        # nothing failing
+        ({"node-a": (OK, None), "node-b": (OK, None), "node-c": (OK, None)}, "", ()),
+    ],
+)
+def test_diagnosis_tells_a_node_problem_from_a_storage_problem_after_the_grace(
+    kids: dict[str, tuple[str, datetime.timedelta | None]], problem: str, nodes: tuple[str, ...]
+) -> None:
+    children = [dated(n, phase, failing_for=age, reason="MountFailed") for n, (phase, age) in kids.items()]
+    status = rollup.rollup(graced(60), children, NODES, now=NOW, phases=PHASES)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    if problem:
+        assert degraded["reason"] == problem
+        assert status["diagnosis"]["problem"] == problem
+        assert tuple(status["diagnosis"]["nodes"]) == nodes
+        assert status["diagnosis"]["count"] == len(nodes)
+        for node in nodes:
+            assert node in degraded["message"]
+    else:
+        assert status["diagnosis"] is None
+        assert degraded["reason"] in ("MountFailed", "NoFailures")
+
+
+def test_before_the_grace_the_reason_is_the_nodes_and_the_next_check_is_when_it_passes() -> None:
+    kids = [dated("node-a", OK, failing_for=None), dated("node-b", OK, failing_for=None),
+            dated("node-c", BAD, failing_for=10 * SECOND, reason="MountFailed")]
+    p = graced(60)
+    counts = rollup.tally(p, kids, NODES, PHASES)
+    diag = rollup.diagnosis_of(p, counts, now=NOW)
+    assert diag.problem == "" and diag.next_check == NOW + 50 * SECOND
+    assert conds(rollup.status_of(p, counts, now=NOW))["Degraded"] == ("True", "MountFailed")
+    later = rollup.diagnosis_of(p, counts, now=NOW + 50 * SECOND)
+    assert (later.problem, later.nodes, later.next_check) == ("NodeProblem", ("node-c",), None)
+    assert later.since == NOW - 10 * SECOND
+
+
+def test_the_default_grace_is_five_minutes_and_zero_diagnoses_at_once() -> None:
+    kids = [dated("node-a", OK, failing_for=None), dated("node-b", BAD, failing_for=299 * SECOND)]
+    def problem(p: dict[str, Any]) -> Any:
+        return (rollup.rollup(p, kids, NODES, now=NOW, phases=PHASES)["diagnosis"] or {}).get("problem")
+
+    assert problem(parent()) is None
+    kids[1] = dated("node-b", BAD, failing_for=300 * SECOND)
+    assert problem(parent()) == "NodeProblem"
+    kids[1] = dated("node-b", BAD, failing_for=datetime.timedelta(0))
+    assert problem(graced(0)) == "NodeProblem"
+
+
+def test_invalid_spec_undated_and_deleting_are_never_diagnosed() -> None:
+    kids = [dated("node-a", OK, failing_for=None),
+            dated("node-b", BAD, failing_for=G, reason="InvalidSpec"),
+            dated("node-c", BAD, failing_for=None, reason="MountFailed")]
+    status = rollup.rollup(graced(60), kids, NODES, now=NOW, phases=PHASES)
+    assert status["diagnosis"] is None and status["failed"] == 2
+    assert conds(status)["Degraded"][0] == "True"
+    kids[2] = dated("node-c", BAD, failing_for=G, reason="MountFailed")
+    p = graced(60)
+    assert rollup.rollup(p, kids, NODES, now=NOW, phases=PHASES)["diagnosis"]["nodes"] == ["node-c"]
+    p["metadata"]["deletionTimestamp"] = "2026-01-01T11:59:00Z"
+    assert rollup.rollup(p, kids, NODES, now=NOW, phases=PHASES)["diagnosis"] is None
+
+
+def test_a_malformed_policy_falls_back_to_the_default_grace() -> None:
+    kids = [dated("node-a", OK, failing_for=None), dated("node-b", BAD, failing_for=G)]
+    bad = graced(60, nodeSignals={"taint": {"effect": "Sometimes"}})
+    assert rollup.rollup(bad, kids, NODES, now=NOW, phases=PHASES)["diagnosis"] is None
+
+
+def test_a_monitor_invalid_on_one_node_is_a_node_problem_after_the_grace() -> None:
+    mon = graced(3)
+    mon["kind"] = "DomainMonitor"
+    kids = [monitor_child(n, "Healthy", "CheckSucceeded") for n in ("node-a", "node-b")]
+    kids.append(monitor_child("node-c", "Invalid", "ReadError"))
+    kids[2]["status"]["conditions"][0]["lastTransitionTime"] = rollup.format_time(NOW - 3 * SECOND)
+    status = rollup.rollup(mon, kids, NODES, now=NOW, phases=rollup.phases_of(registry.row("DomainMonitor")))
+    assert conds(status)["Degraded"] == ("True", "NodeProblem")
+    assert "node-c: ReadError" in next(c for c in status["conditions"] if c["type"] == "Degraded")["message"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reasons"),
+    [
+        (None, None, []),
+        (None, {"problem": "NodeProblem", "nodes": ["b"], "count": 1}, ["NodeProblem"]),
+        ({"problem": "NodeProblem", "nodes": ["b"], "count": 1},
+         {"problem": "NodeProblem", "nodes": ["b"], "count": 1, "since": "x"}, []),
+        ({"problem": "NodeProblem", "nodes": ["b"], "count": 1},
+         {"problem": "NodeProblem", "nodes": ["b", "c"], "count": 2}, ["NodeProblem"]),
+        ({"problem": "NodeProblem", "nodes": ["b"], "count": 1},
+         {"problem": "StorageProblem", "nodes": ["a", "b", "c"], "count": 3}, ["StorageProblem"]),
+        ({"problem": "StorageProblem", "nodes": ["a"], "count": 1}, None, ["ProblemCleared"]),
+    ],
+)
+def test_events_only_on_a_change_of_diagnosis(
+    old: dict[str, Any] | None, new: dict[str, Any] | None, reasons: list[str]
+) -> None:
+    out = events.diagnosis_change(old, new, message="m")
+    assert [e.reason for e in out] == reasons
+    assert all(e.type == ("Normal" if e.reason == "ProblemCleared" else "Warning") for e in out)

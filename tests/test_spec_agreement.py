@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from hostlib import connections, errors, iscsi, mounts
-from reconcilers import api, selector
+from reconcilers import api, health_policy, selector
 from reconcilers import domain_monitor as dmon
 from reconcilers import storage_connection as sc
 from reconcilers import storage_pool as sp
@@ -330,6 +330,27 @@ def with_required(required: dict[str, st.SearchStrategy[Any]], **opt: st.SearchS
 secret_refs = with_required(
     {"name": names}, namespace=st.sampled_from(["hoststorage", "", "Bad", "n" * 63, "n" * 64, "a-", None])
 )
+taints = mostly(
+    with_required(
+        {"effect": st.sampled_from(health_policy.EFFECTS)},
+        maxTaintedPercent=ints(*health_policy.PERCENT_RANGE),
+    ),
+    st.one_of(
+        with_required({"effect": st.sampled_from(["PreferNoSchedule", "noschedule", "", None, 1])}),
+        optional(maxTaintedPercent=ints(*health_policy.PERCENT_RANGE)),
+        st.sampled_from([None, "NoSchedule", []]),
+    ),
+)
+HEALTH = {
+    "failureGraceSeconds": ints(*health_policy.GRACE_RANGE),
+    "nodeSignals": mostly(
+        optional(label=st.sampled_from([True, False]), taint=taints),
+        st.one_of(
+            optional(label=st.sampled_from([None, "true", 1]), taint=taints), st.sampled_from([None, True])
+        ),
+    ),
+}
+"""The shared health-policy fields (reconcilers/health_policy.py), drawn for every kind."""
 policies = mostly(st.sampled_from(["Detach", "Retain"]), st.sampled_from(["Delete", None, "detach"]))
 
 connection_blocks = st.one_of(
@@ -406,7 +427,7 @@ connection_blocks = st.one_of(
 def connection_objects(draw: st.DrawFn) -> dict[str, Any]:
     conn_type, block = draw(connection_blocks)
     spec: dict[str, Any] = {"type": conn_type, conn_type: block}
-    spec.update(draw(optional(nodeSelector=selectors, deletionPolicy=policies)))
+    spec.update(draw(optional(nodeSelector=selectors, deletionPolicy=policies, **HEALTH)))
     return {"apiVersion": api.API_VERSION, "kind": sc.KIND, "metadata": {"name": "c1"}, "spec": spec}
 
 
@@ -455,6 +476,7 @@ def pool_objects(draw: st.DrawFn) -> dict[str, Any]:
             optional(
                 nodeSelector=selectors,
                 deletionPolicy=policies,
+                **HEALTH,
                 autostart=st.sampled_from([True, False, "yes"]),
                 libvirtName=st.sampled_from(
                     ["images", "My_Pool.1", "-x", "a" * 64, "a" * 65, "bad/name", "", "a<b"]
@@ -482,6 +504,7 @@ def monitor_objects(draw: st.DrawFn) -> dict[str, Any]:
             optional(
                 nodeSelector=selectors,
                 deletionPolicy=policies,
+                **HEALTH,
                 probeFile=rel_paths,
                 intervalSeconds=ints(*dmon.INTERVAL_RANGE),
                 timeoutSeconds=ints(*dmon.INTERVAL_RANGE),
@@ -541,6 +564,16 @@ def test_crd_limits_are_the_parsers() -> None:
     assert refused is not None
     assert set(re.findall(r"'([^']+)'", refused.group(1))) == set(mounts.POSIXFS_REFUSED_TYPES)
     for kind in SCHEMAS:
+        props = SCHEMAS[kind]["properties"]["spec"]["properties"]
+        grace = props["failureGraceSeconds"]
+        assert (grace["minimum"], grace["maximum"]) == health_policy.GRACE_RANGE
+        assert grace["default"] == health_policy.DEFAULT_GRACE
+        taint = props["nodeSignals"]["properties"]["taint"]["properties"]
+        assert tuple(taint["effect"]["enum"]) == health_policy.EFFECTS
+        pct = taint["maxTaintedPercent"]
+        assert (pct["minimum"], pct["maximum"]) == health_policy.PERCENT_RANGE
+        assert pct["default"] == health_policy.DEFAULT_MAX_TAINTED_PERCENT
+        assert props["nodeSignals"]["properties"]["label"]["default"] is False
         sel = SCHEMAS[kind]["properties"]["spec"]["properties"]["nodeSelector"]["properties"]
         assert sel["matchLabels"]["maxProperties"] == selector.MAX_LABELS
         assert sel["matchExpressions"]["maxItems"] == selector.MAX_EXPRESSIONS
