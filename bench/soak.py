@@ -670,6 +670,9 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
                     f"threads {u.threads} -> {last.threads}",
                     flush=True,
                 )
+            for (node, pid), samples in sorted(world.usage.items()):
+                # the trend per process: a leak grows with every fault, a plateau does not
+                print(f"soak: agent-{node} pid {pid}: {model.trend(samples, args.warmup)}", flush=True)
             # the gluster volume goes away with the stack: no mount of it may outlive the agents
             for agent in world.cluster.agents.values():
                 agent.stop(timeout=15)

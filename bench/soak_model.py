@@ -297,6 +297,23 @@ def leaks(name: str, base: Usage | None, now: Usage, slack: Usage = LEAK_SLACK) 
     return out
 
 
+def trend(samples: Sequence[Usage], warmup: int) -> str:
+    """One process's quiet-point samples in a line: first, plateau, highest, last (threads/fds/children)."""
+
+    def fmt(u: Usage | None) -> str:
+        return "-" if u is None else f"{u.threads}/{u.fds}/{u.children}"
+
+    top = (
+        Usage(*(max(getattr(s, f) for s in samples) for f in ("threads", "fds", "children")))
+        if samples
+        else None
+    )
+    return (
+        f"{len(samples)} samples, threads/fds/children first {fmt(samples[0] if samples else None)} "
+        f"plateau {fmt(plateau(samples, warmup))} max {fmt(top)} last {fmt(samples[-1] if samples else None)}"
+    )
+
+
 def slow_health(name: str, seconds: float | None, bound: float) -> list[Violation]:
     """``/healthz`` must answer within ``bound``; None: it did not answer at all."""
     if seconds is None:

@@ -141,3 +141,11 @@ def test_percentile_and_summary() -> None:
     line = model.summary({"kill-agent": 2, "create": 3}, [1.0, 3.0], 0)
     assert line.startswith("SOAK SUMMARY: faults [kill-agent 2]; operations [create 3]; ")
     assert line.endswith("max 3.0 s (n=2); violations 0")
+
+
+def test_trend_line() -> None:
+    samples = [model.Usage(12, 20, 0), model.Usage(15, 31, 1), model.Usage(14, 30, 0)]
+    assert model.trend(samples, 2) == (
+        "3 samples, threads/fds/children first 12/20/0 plateau 15/31/1 max 15/31/1 last 14/30/0"
+    )
+    assert model.trend([], 2).startswith("0 samples")
