@@ -98,10 +98,12 @@ class World:
         stack.callback(self._stop_controllers)
         self.loops = fixtures_storage.LoopFactory(str(workdir))
         stack.callback(self.loops.cleanup)
-        stack.callback(self._remove_pools)
         if not fixtures_libvirt.libvirtd_answers():
             fixtures_libvirt.start_libvirtd()
             stack.callback(fixtures_libvirt.stop_libvirtd)
+        self.prefix = f"{LIBVIRT_PREFIX}{secrets.token_hex(3)}-"
+        """This run's libvirt pool names (another soak may run beside it on the same libvirtd)."""
+        stack.callback(self._remove_pools)  # while libvirtd is still up
         brick = workdir / "brick"
         brick.mkdir()
         self.gluster = stack.enter_context(fixtures_storage.own_gluster_volume(str(brick)))
@@ -190,7 +192,7 @@ class World:
             spec = {"target": ref, "intervalSeconds": 2 + variant % 3, "timeoutSeconds": 2}
         if kind == "StoragePool":
             spec.update(
-                libvirtName=LIBVIRT_PREFIX + slot,
+                libvirtName=self.prefix + slot,
                 autostart=variant % 2 == 0,
                 nodeSelector={"matchLabels": {model.POOL_LABEL: "yes"}},
             )
@@ -373,11 +375,10 @@ class World:
         base = self.cluster.agents[node].mount_base
         return sorted(e.path for e in os.scandir(base) if e.is_symlink())
 
-    @staticmethod
-    def libvirt_pools(*, active_only: bool) -> list[str]:
+    def libvirt_pools(self, *, active_only: bool) -> list[str]:
         args = ["pool-list", "--name"] + ([] if active_only else ["--all"])
         out = fixtures_libvirt.virsh(*args, check=False)
-        return sorted(n for n in out.split() if n.startswith(LIBVIRT_PREFIX))
+        return sorted(n for n in out.split() if n.startswith(self.prefix))
 
     def node_labels(self) -> dict[str, dict[str, str]]:
         data = self.cluster.get("nodes") or {"items": []}
@@ -526,7 +527,7 @@ class World:
                 probes |= {os.path.join(d, e) for e in os.listdir(d) if e.startswith(".hoststorage-probe-")}
         found += model.unwanted("probe", probes, want_probes)
         want_pools = {
-            LIBVIRT_PREFIX + s
+            self.prefix + s
             for s in self.live
             if s in model.POOLS and any(lab.get(model.POOL_LABEL) == "yes" for lab in labels.values())
         }
