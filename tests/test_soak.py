@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import random
+import secrets
 import subprocess
 import sys
 
@@ -23,15 +24,18 @@ RANDOM_SEED = random.SystemRandom().randrange(1, 1 << 31)
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", [14, RANDOM_SEED], ids=["seed14", "random"])
-def test_a_three_minute_soak_has_no_violations(seed: int, tmp_path: pathlib.Path) -> None:
+def test_a_three_minute_soak_has_no_violations(seed: int) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: the soak mounts, runs libvirt pools and a gluster brick for real")
     missing = fixtures_storage.gluster_missing()
     if missing:
         pytest.skip(missing)
-    print(f"soak seed {seed}")
+    # Not under pytest's temp dirs, which later runs rotate away: a failed run's logs must stay (the soak
+    # keeps its work directory on a violation and removes it otherwise).
+    workdir = f"/tmp/hs-soak-ci-{seed}-{secrets.token_hex(3)}"
+    print(f"soak seed {seed}, logs in {workdir}")
     proc = subprocess.run(
-        [sys.executable, str(SOAK), "--minutes", "3", "--seed", str(seed), "--workdir", str(tmp_path / "w")],
+        [sys.executable, str(SOAK), "--minutes", "3", "--seed", str(seed), "--workdir", workdir],
         capture_output=True,
         text=True,
         timeout=580,
