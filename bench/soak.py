@@ -750,11 +750,31 @@ def main() -> int:
         return 2
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="hs-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    out = open(workdir / "soak.out", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    sys.stdout = Tee(sys.stdout, out)  # what is printed stays beside the logs it speaks of
     try:
         return soak(args, workdir)
     finally:
+        sys.stdout = sys.__stdout__
+        out.close()
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Tee:
+    """stdout to the terminal and to the work directory's soak.out."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
 
 
 if __name__ == "__main__":
