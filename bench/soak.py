@@ -126,6 +126,10 @@ class World:
         self.last_usage: dict[str, model.Usage] = {}
         self.lease = f"hs-soak-{secrets.token_hex(3)}"
         self.baseline: dict[str, model.Usage | None] = {}
+        self.pulled: set[str] = set()
+        """Nodes with a mount unmounted underneath since the last quiet point."""
+        self.orphans: set[str] = set()
+        self.orphans_removed = 0
 
     # ------------------------------------------------------------------ start / stop
 
@@ -340,6 +344,7 @@ class World:
         if found:
             target = found[int(step.arg("pick")) % len(found)]
             subprocess.run(["umount", "-l", target], capture_output=True, timeout=30, check=False)
+            self.pulled.add(node)
 
     def do_pool_destroy(self, step: model.Step) -> None:
         for name in self.libvirt_pools(active_only=True):
@@ -525,8 +530,9 @@ class World:
         probes = set()
         for d in probe_dirs:
             with contextlib.suppress(OSError):
-                probes |= {os.path.join(d, e) for e in os.listdir(d) if e.startswith(".hoststorage-probe-")}
-        found += model.unwanted("probe", probes, want_probes)
+                probes |= {os.path.join(d, e) for e in os.listdir(d) if e.startswith(model.PROBE_PREFIX)}
+        self.orphans = model.orphaned_probes(probes, want_probes, self.pulled)
+        found += model.unwanted("probe", probes - self.orphans, want_probes)
         want_pools = {
             self.prefix + s
             for s in self.live
@@ -680,6 +686,12 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
                 if found:
                     raise Violations(found, facts)
                 conv.append(took)
+                for path in sorted(world.orphans):
+                    print(f"soak: probe file left on storage whose mount was pulled away: {path}; removed")
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                world.orphans_removed += len(world.orphans)
+                world.orphans, world.pulled = set(), set()
                 print(f"soak: burst {burst} converged in {took:.1f} s", flush=True)
                 burst += 1
         except Violations as exc:
@@ -703,6 +715,11 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
                     f"threads {u.threads} -> {last.threads}",
                     flush=True,
                 )
+            print(
+                f"soak: probe files left on storage whose mount was pulled away (removed): "
+                f"{world.orphans_removed}",
+                flush=True,
+            )
             for (node, pid), samples in sorted(world.usage.items()):
                 # the trend per process: a leak grows with every fault, a plateau does not
                 print(f"soak: agent-{node} pid {pid}: {model.trend(samples, args.warmup)}", flush=True)

@@ -148,6 +148,18 @@ def unwanted(what: str, present: Iterable[str], wanted: Iterable[str]) -> list[V
     return out
 
 
+PROBE_PREFIX = ".hoststorage-probe-"
+
+
+def orphaned_probes(present: Iterable[str], wanted: Iterable[str], pulled: Iterable[str]) -> set[str]:
+    """Unwanted probe files of nodes whose mount the soak pulled away (``pulled``) since the last quiet
+    point: when a monitor goes while its storage is not mounted, its probe file is on storage the
+    node cannot reach, and stays there (reported, not a violation); the soak removes it as an admin
+    would. Any other unwanted probe file is a violation."""
+    nodes = set(pulled)
+    return {p for p in set(present) - set(wanted) if p.rsplit("/", 1)[-1].removeprefix(PROBE_PREFIX) in nodes}
+
+
 def ledger_mismatch(
     node: str, ledger: Iterable[tuple[str, str]], wanted: Iterable[tuple[str, str]]
 ) -> list[Violation]:

@@ -149,3 +149,11 @@ def test_trend_line() -> None:
         "3 samples, threads/fds/children first 12/20/0 plateau 15/31/1 max 15/31/1 last 14/30/0"
     )
     assert model.trend([], 2).startswith("0 samples")
+
+
+def test_orphaned_probes_only_of_nodes_whose_mount_was_pulled() -> None:
+    present = {"/b/.hoststorage-probe-node-a", "/b/.hoststorage-probe-node-b", "/b/.hoststorage-probe-node-c"}
+    wanted = {"/b/.hoststorage-probe-node-a"}
+    assert model.orphaned_probes(present, wanted, {"node-b"}) == {"/b/.hoststorage-probe-node-b"}
+    assert model.orphaned_probes(present, wanted, {"node-a"}) == set()  # a wanted one is no orphan
+    assert model.orphaned_probes(present, wanted, set()) == set()
