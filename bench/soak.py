@@ -214,12 +214,30 @@ class World:
         dep = DEPENDS.get(slot)
         if dep is not None and dep not in self.live:
             self.put(dep, 0)  # a monitor on nothing would wait forever: its target first
+        if slot in self.deleted:
+            # as a user would: an apply to an object still terminating changes it, and then it is gone
+            self.wait_gone(slot)
         self.live[slot] = variant
         self.deleted.discard(slot)
         docs = [self.manifest(slot, variant)]
         # dependents follow the target's selector, or they hold it InUse on a node it leaves
         docs += [self.manifest(m, self.live[m]) for m, t in DEPENDS.items() if t == slot and m in self.live]
         self.cluster.apply(docs)
+
+    def wait_gone(self, slot: str) -> None:
+        res, name = RESOURCE[KIND_OF_SLOT[slot]], obj_name(slot)
+        deadline = time.monotonic() + self.args.converge_timeout
+        while self.cluster.get(res, name) is not None:
+            if time.monotonic() > deadline:
+                raise Violations(
+                    [
+                        model.Violation(
+                            "stuck-finalizer",
+                            f"{name} still there {self.args.converge_timeout:.0f} s after its delete",
+                        )
+                    ]
+                )
+            time.sleep(0.5)
 
     def delete(self, slot: str) -> None:
         for m, t in DEPENDS.items():
@@ -584,7 +602,9 @@ class World:
             self.last_usage[node] = u
             # against the node's plateau after the warm-up: a restarted agent starts its code paths
             # again as objects need them and may not exceed what the warmed-up one had
-            found += model.leaks(agent.name, self.baseline.get(node), u)
+            found += model.leaks(
+                agent.name, self.baseline.get(node), u, model.leak_slack(os.cpu_count() or 1)
+            )
         return found
 
     def warm_up(self) -> tuple[float, list[model.Violation], str]:
@@ -644,6 +664,15 @@ def converge(world: World, timeout: float) -> tuple[float, list[model.Violation]
         time.sleep(1.0)
 
 
+stopping = threading.Event()
+"""SIGTERM or SIGINT: finish the burst under way and its quiet period, then stop with the summary."""
+
+
+def _stop(signum: int, _frame: Any) -> None:
+    print(f"soak: signal {signum}: stopping after this burst", flush=True)
+    stopping.set()
+
+
 def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
     steps = model.schedule(
         args.seed, bursts=int(args.minutes * 3) + 2, rate=args.rate, burst_seconds=args.burst_seconds
@@ -667,10 +696,11 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
             + ", ".join(f"{n} {b}" for n, b in sorted(world.baseline.items())),
             flush=True,
         )
-        end = time.monotonic() + args.minutes * 60
+        begun = time.monotonic()
+        end = begun + args.minutes * 60
         burst = 0
         try:
-            while time.monotonic() < end:
+            while time.monotonic() < end and not stopping.is_set():
                 burst_start = time.monotonic()
                 for step in (s for s in steps if s.burst == burst):
                     delay = burst_start + step.at - time.monotonic()
@@ -726,6 +756,9 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
             # the gluster volume goes away with the stack: no mount of it may outlive the agents
             for agent in world.cluster.agents.values():
                 agent.stop(timeout=15)
+    early = " (stopped early by a signal)" if stopping.is_set() else ""
+    ran = (time.monotonic() - begun) / 60
+    print(f"soak: seed {args.seed}: {ran:.1f} minutes, {len(conv)} quiet periods{early}")
     print(model.summary(world.counts, conv, len(violations)), flush=True)
     return 1 if violations else 0
 
@@ -767,6 +800,8 @@ def main() -> int:
         return 2
     workdir = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="hs-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     out = open(workdir / "soak.out", "w", encoding="utf-8")  # noqa: SIM115 - closed below
     sys.stdout = Tee(sys.stdout, out)  # what is printed stays beside the logs it speaks of
     try:

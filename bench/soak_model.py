@@ -288,6 +288,14 @@ LEAK_SLACK = Usage(threads=3, fds=6, children=2)
 """How far above its plateau an agent may sit: a check helper can be mid-flight at any sample."""
 
 
+def leak_slack(cpus: int) -> Usage:
+    """:data:`LEAK_SLACK` plus the thread pool kopf runs the agent's sync handlers in: a default
+    ``ThreadPoolExecutor`` starts its threads one by one as handlers overlap, up to min(32, CPUs + 4),
+    and never stops them. A burst of events (a Node deleted and created again: every object
+    re-evaluated) fills it after the warm-up did not; that is its plateau, not a leak."""
+    return dataclasses.replace(LEAK_SLACK, threads=LEAK_SLACK.threads + min(32, cpus + 4))
+
+
 def plateau(samples: Sequence[Usage], warmup: int) -> Usage | None:
     """The baseline of one agent process: the highest of its first ``warmup`` quiet-point samples (every
     code path — libvirt event loop, helper pools, watch threads — has started by then; a baseline taken

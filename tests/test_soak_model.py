@@ -157,3 +157,13 @@ def test_orphaned_probes_only_of_nodes_whose_mount_was_pulled() -> None:
     assert model.orphaned_probes(present, wanted, {"node-b"}) == {"/b/.hoststorage-probe-node-b"}
     assert model.orphaned_probes(present, wanted, {"node-a"}) == set()  # a wanted one is no orphan
     assert model.orphaned_probes(present, wanted, set()) == set()
+
+
+def test_the_leak_slack_allows_the_handler_thread_pool() -> None:
+    assert model.leak_slack(2) == model.Usage(3 + 6, 6, 2)
+    assert model.leak_slack(64).threads == 3 + 32
+    base = model.Usage(13, 23, 1)
+    assert model.leaks("agent", base, model.Usage(17, 23, 1), model.leak_slack(2)) == []
+    assert (
+        model.leaks("agent", base, model.Usage(23, 23, 1), model.leak_slack(2))[0].invariant == "leak-threads"
+    )
