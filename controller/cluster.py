@@ -264,11 +264,24 @@ class Controller:
                 return False
             return self._process_parent(key)
         except kube.ApiError as exc:
+            if exc.not_found and key[0] != NODE_KIND:
+                self._forget_gone_parent(key)
+                return False
             log.warning("controller: %s/%s: API call failed: %s", key[0], key[1], exc)
             self.metrics.reconciles.labels(key[0], "error").inc()
             return True
         finally:
             self.metrics.duration.labels(key[0]).observe(time.monotonic() - start)
+
+    def _forget_gone_parent(self, key: Key) -> None:
+        """A write to ``key`` answered 404: the parent was deleted between our read and our write (the
+        chaos soak saw it right after a finalizer release). That is no error and no retry: drop the
+        cached body and queue the key once more, so the deleted-parent path sweeps its children."""
+        cached = self.parents.get(key)
+        uid = str(cache.meta(cached).get("uid") or "") if cached is not None else None
+        self.parents.discard(key, uid=uid)
+        log.info("controller: %s/%s: gone before our write (404); forgotten", key[0], key[1])
+        self._enqueue(key)
 
     def _rollup_of(self, key: Key, parent: Mapping[str, Any]) -> _Parent:
         """``key``'s incremental roll-up, built from the index when the parent is new, was re-created

@@ -490,14 +490,33 @@ def target_conflict(
     )
 
 
+def target_unmounted(
+    defn: libvirt_pools.PoolDefinition,
+    active: bool,
+    records: Iterable[mounts.MountRecord] | None = None,
+) -> bool:
+    """Whether a running fs/netfs pool has nothing mounted on its target (unmounted underneath).
+
+    libvirt still reports such a pool running and would serve the empty directory below the mount; the
+    chaos soak (issue 14) found it was never restarted. Reads the mount table only."""
+    source = _mount_source(defn)
+    if not active or source is None or not defn.target_path:
+        return False
+    return mounts.topmost(defn.target_path, mounts.mounts_at(defn.target_path, records)) is None
+
+
 def plan(
     desired: libvirt_pools.PoolDefinition,
     observed: libvirt_pools.PoolObserved | None,
     *,
     autostart: bool,
     seconds_since_refresh: float | None = None,
+    target_mounted: bool = True,
 ) -> list[actions.Action]:
-    """(desired, observed) -> the verbs to run, in order. Pure."""
+    """(desired, observed) -> the verbs to run, in order. Pure.
+
+    ``target_mounted`` False (see :func:`target_unmounted`): the running pool is stopped and started
+    again, which mounts its source once more."""
     name = desired.name
     out: list[actions.Action] = []
     # A transient pool (created, not defined) is made persistent: hoststorage pools survive restarts.
@@ -513,6 +532,13 @@ def plan(
         if active:
             out.append(actions.Action("destroy", f"stop pool {name} to apply the new definition"))
             active = False
+    if active and not target_mounted:
+        out.append(
+            actions.Action(
+                "destroy", f"stop pool {name}: nothing is mounted on its target {desired.target_path}"
+            )
+        )
+        active = False
     if not active:
         if (
             desired.type in ("dir", "fs", "netfs")
@@ -652,6 +678,9 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
             observed,
             autostart=pool.autostart,
             seconds_since_refresh=layer.seconds_since_refresh(name),
+            target_mounted=not (
+                observed is not None and target_unmounted(observed.definition, observed.active)
+            ),
         )
         if dry_run:
             return _observed_result(pool.name, observed, changed=False, planned=planned)
