@@ -9,7 +9,9 @@ devices), two controller replicas with leader election, posixfs on loop devices,
 the soak's own (``network.ping-timeout`` 2 s), localfs, libvirt dir and fs pools, DomainMonitors on
 connections and on a pool. The schedule and the invariants are the pure :mod:`soak_model`.
 
-Each burst (about 20 s) runs its scheduled steps; then a quiet period: no new steps until the world has
+First a warm-up: every object of every kind is created and converged, and each agent's thread, fd and
+child counts are sampled (the plateau the leak check compares with). Then each burst (about 20 s) runs
+its scheduled steps; then a quiet period: no new steps until the world has
 converged (every eventual invariant holds) or ``--converge-timeout`` has passed, which is a violation.
 Continuously (every second, in a thread): no two mounts of one connection on a node's mount base, every
 live agent's ``/healthz`` answers within ``--health-bound`` (the brick stopped included).
@@ -17,7 +19,8 @@ live agent's ``/healthz`` answers within ``--health-bound`` (the brick stopped i
 Usage (root; starts libvirtd and glusterd when not running):
 ``.venv/bin/python bench/soak.py --minutes 3 [--seed N] [--rate EVENTS_PER_MINUTE]``.
 On a violation: the seed, the schedule so far, the violations and the facts are printed and the work
-directory (every log) is kept.
+directory (every log) is kept. SIGTERM or SIGINT: the burst under way and its quiet period finish, then
+the summary of what ran is printed. Everything printed is also written to ``<workdir>/soak.out``.
 """
 
 from __future__ import annotations
