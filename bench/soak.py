@@ -101,9 +101,9 @@ class World:
         stack.callback(self._stop_controllers)
         self.loops = fixtures_storage.LoopFactory(str(workdir))
         stack.callback(self.loops.cleanup)
-        if not fixtures_libvirt.libvirtd_answers():
-            fixtures_libvirt.start_libvirtd()
-            stack.callback(fixtures_libvirt.stop_libvirtd)
+        # libvirtd is this host's, shared with whatever else runs here (another soak, host tests): one the
+        # soak starts is left running, or stopping it would pull it from under them
+        self.ensure_libvirtd()
         self.prefix = f"{LIBVIRT_PREFIX}{secrets.token_hex(3)}-"
         """This run's libvirt pool names (another soak may run beside it on the same libvirtd)."""
         stack.callback(self._remove_pools)  # while libvirtd is still up
@@ -226,6 +226,13 @@ class World:
         # dependents follow the target's selector, or they hold it InUse on a node it leaves
         docs += [self.manifest(m, self.live[m]) for m, t in DEPENDS.items() if t == slot and m in self.live]
         self.cluster.apply(docs)
+
+    def ensure_libvirtd(self) -> None:
+        """Start libvirtd when it does not answer: the soak's own fault restarts it, but another program
+        on this host (a host test's fixture that started it) may stop it and not start it again."""
+        if not fixtures_libvirt.libvirtd_answers():
+            print("soak: libvirtd is not running; starting it", flush=True)
+            fixtures_libvirt.start_libvirtd()
 
     def wait_gone(self, slot: str) -> None:
         res, name = RESOURCE[KIND_OF_SLOT[slot]], obj_name(slot)
@@ -658,6 +665,7 @@ def converge(world: World, timeout: float) -> tuple[float, list[model.Violation]
     found: list[model.Violation] = []
     facts = ""
     while True:
+        world.ensure_libvirtd()
         found, facts = world.eventual()
         took = time.monotonic() - start
         if not found or took > timeout:
