@@ -69,7 +69,15 @@ def test_a_probe_on_gluster_is_removed_after_a_remount(gluster_mnt: tuple[Any, p
     name = f".hoststorage-probe-remount-{os.getpid()}"
     made = fsops.create_file(str(mnt), name, b"x")
     subprocess.run(["umount", str(mnt)], check=True, timeout=60)
-    _mount(vol, mnt)
+    # another mount takes the device number just freed (the kernel hands out the lowest free one), as
+    # the other nodes' and connections' mounts do between an agent's unmount and its remount
+    other = mnt.parent / "other"
+    other.mkdir()
+    _mount(vol, other)
+    try:
+        _mount(vol, mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(other)], check=False, timeout=60)
     # the point of the test: the new mount has another device number, the file the same inode
     st = os.lstat(mnt / name)
     assert (st.st_dev != made[0], st.st_ino) == (True, made[1])
