@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from typing import Any
@@ -230,9 +231,14 @@ class World:
     def ensure_libvirtd(self) -> None:
         """Start libvirtd when it does not answer: the soak's own fault restarts it, but another program
         on this host (a host test's fixture that started it) may stop it and not start it again."""
-        if not fixtures_libvirt.libvirtd_answers():
-            print("soak: libvirtd is not running; starting it", flush=True)
+        if fixtures_libvirt.libvirtd_answers():
+            return
+        print("soak: libvirtd is not running; starting it", flush=True)
+        try:
             fixtures_libvirt.start_libvirtd()
+        except subprocess.CalledProcessError:
+            # another program on this host started one at the same moment (it holds the pid file)
+            fixtures_libvirt.wait_for(fixtures_libvirt.libvirtd_answers, 30, "libvirtd started by another")
 
     def wait_gone(self, slot: str) -> None:
         res, name = RESOURCE[KIND_OF_SLOT[slot]], obj_name(slot)
@@ -341,7 +347,9 @@ class World:
             runner.start()
 
     def do_libvirtd_restart(self, step: model.Step) -> None:
-        fixtures_libvirt.restart_libvirtd(float(step.arg("seconds")))
+        fixtures_libvirt.stop_libvirtd()
+        time.sleep(float(step.arg("seconds")))
+        self.ensure_libvirtd()
 
     def do_brick_stop(self, step: model.Step) -> None:
         pid = self.gluster.brick_pid()
@@ -746,6 +754,11 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
             print("state:")
             print(exc.facts or world.eventual()[1])
             print(f"logs kept in {workdir}")
+            args.keep = True
+        except Exception as exc:
+            traceback.print_exc(file=sys.stdout)
+            violations = [model.Violation("harness-error", repr(exc))]
+            print(f"SOAK HARNESS ERROR (seed {args.seed}): {exc!r}; logs kept in {workdir}", flush=True)
             args.keep = True
         finally:
             watcher.stop.set()
