@@ -9,7 +9,9 @@ devices), two controller replicas with leader election, posixfs on loop devices,
 the soak's own (``network.ping-timeout`` 2 s), localfs, libvirt dir and fs pools, DomainMonitors on
 connections and on a pool. The schedule and the invariants are the pure :mod:`soak_model`.
 
-Each burst (about 20 s) runs its scheduled steps; then a quiet period: no new steps until the world has
+First a warm-up: every object of every kind is created and converged, and each agent's thread, fd and
+child counts are sampled (the plateau the leak check compares with). Then each burst (about 20 s) runs
+its scheduled steps; then a quiet period: no new steps until the world has
 converged (every eventual invariant holds) or ``--converge-timeout`` has passed, which is a violation.
 Continuously (every second, in a thread): no two mounts of one connection on a node's mount base, every
 live agent's ``/healthz`` answers within ``--health-bound`` (the brick stopped included).
@@ -17,7 +19,8 @@ live agent's ``/healthz`` answers within ``--health-bound`` (the brick stopped i
 Usage (root; starts libvirtd and glusterd when not running):
 ``.venv/bin/python bench/soak.py --minutes 3 [--seed N] [--rate EVENTS_PER_MINUTE]``.
 On a violation: the seed, the schedule so far, the violations and the facts are printed and the work
-directory (every log) is kept.
+directory (every log) is kept. SIGTERM or SIGINT: the burst under way and its quiet period finish, then
+the summary of what ran is printed. Everything printed is also written to ``<workdir>/soak.out``.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from typing import Any
@@ -98,9 +102,9 @@ class World:
         stack.callback(self._stop_controllers)
         self.loops = fixtures_storage.LoopFactory(str(workdir))
         stack.callback(self.loops.cleanup)
-        if not fixtures_libvirt.libvirtd_answers():
-            fixtures_libvirt.start_libvirtd()
-            stack.callback(fixtures_libvirt.stop_libvirtd)
+        # libvirtd is this host's, shared with whatever else runs here (another soak, host tests): one the
+        # soak starts is left running, or stopping it would pull it from under them
+        self.ensure_libvirtd()
         self.prefix = f"{LIBVIRT_PREFIX}{secrets.token_hex(3)}-"
         """This run's libvirt pool names (another soak may run beside it on the same libvirtd)."""
         stack.callback(self._remove_pools)  # while libvirtd is still up
@@ -224,6 +228,18 @@ class World:
         docs += [self.manifest(m, self.live[m]) for m, t in DEPENDS.items() if t == slot and m in self.live]
         self.cluster.apply(docs)
 
+    def ensure_libvirtd(self) -> None:
+        """Start libvirtd when it does not answer: the soak's own fault restarts it, but another program
+        on this host (a host test's fixture that started it) may stop it and not start it again."""
+        if fixtures_libvirt.libvirtd_answers():
+            return
+        print("soak: libvirtd is not running; starting it", flush=True)
+        try:
+            fixtures_libvirt.start_libvirtd()
+        except subprocess.CalledProcessError:
+            # another program on this host started one at the same moment (it holds the pid file)
+            fixtures_libvirt.wait_for(fixtures_libvirt.libvirtd_answers, 30, "libvirtd started by another")
+
     def wait_gone(self, slot: str) -> None:
         res, name = RESOURCE[KIND_OF_SLOT[slot]], obj_name(slot)
         deadline = time.monotonic() + self.args.converge_timeout
@@ -331,7 +347,9 @@ class World:
             runner.start()
 
     def do_libvirtd_restart(self, step: model.Step) -> None:
-        fixtures_libvirt.restart_libvirtd(float(step.arg("seconds")))
+        fixtures_libvirt.stop_libvirtd()
+        time.sleep(float(step.arg("seconds")))
+        self.ensure_libvirtd()
 
     def do_brick_stop(self, step: model.Step) -> None:
         pid = self.gluster.brick_pid()
@@ -655,6 +673,7 @@ def converge(world: World, timeout: float) -> tuple[float, list[model.Violation]
     found: list[model.Violation] = []
     facts = ""
     while True:
+        world.ensure_libvirtd()
         found, facts = world.eventual()
         took = time.monotonic() - start
         if not found or took > timeout:
@@ -735,6 +754,11 @@ def soak(args: argparse.Namespace, workdir: pathlib.Path) -> int:
             print("state:")
             print(exc.facts or world.eventual()[1])
             print(f"logs kept in {workdir}")
+            args.keep = True
+        except Exception as exc:
+            traceback.print_exc(file=sys.stdout)
+            violations = [model.Violation("harness-error", repr(exc))]
+            print(f"SOAK HARNESS ERROR (seed {args.seed}): {exc!r}; logs kept in {workdir}", flush=True)
             args.keep = True
         finally:
             watcher.stop.set()

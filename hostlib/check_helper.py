@@ -257,6 +257,20 @@ def check(req: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _on_this_mount(root: str, expect: list[int]) -> tuple[int, int]:
+    """The recorded (device, inode) of a probe file, with the device of the filesystem mounted on ``root``
+    now. A network filesystem's device number belongs to the mount, not to the storage: FUSE (gluster)
+    and NFS get a fresh anonymous one at every mount, while the inode (gluster: from the file's gfid)
+    stays. Found by the chaos soak: after a gluster remount every monitor's teardown was a Conflict
+    forever, holding its connection InUse. The inode and the type still have to match, on the
+    filesystem under ``root``."""
+    try:
+        dev = os.stat(root).st_dev
+    except OSError:
+        return (expect[0], expect[1])
+    return (dev, expect[1])
+
+
 def remove(req: dict[str, Any]) -> dict[str, Any]:
     path = str(req["path"])
     expect = req.get("expect")
@@ -264,7 +278,9 @@ def remove(req: dict[str, Any]) -> dict[str, Any]:
         raise CheckFailed("refused", f"{path}: no recorded device and inode, so not known to be ours; left")
     real_root = _real_root(str(req["root"]))
     try:
-        removed = fsops.remove(real_root, fsops.relative(real_root, path), expect=(expect[0], expect[1]))
+        removed = fsops.remove(
+            real_root, fsops.relative(real_root, path), expect=_on_this_mount(real_root, expect)
+        )
     except errors.Conflict as exc:
         raise CheckFailed("conflict", exc.message) from None
     except errors.HostStorageError as exc:
