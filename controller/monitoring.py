@@ -206,7 +206,7 @@ class MonitorRuntime:
         self._backend.close()
 
     def set(self, config: MonitorConfig) -> None:
-        """Add a monitor or replace its configuration (its status is kept when the request is the same)."""
+        """Add a monitor or replace its configuration (its status is kept while it checks the same thing)."""
         with self._lock:
             self._commands.append(("set", config))
         self._backend.wakeup()
@@ -310,10 +310,13 @@ class MonitorRuntime:
         old = self._monitors.get(config.name)
         m = _Monitor(config, config.request, self._epoch, now)
         if old is not None:
-            if old.config.request == config.request:
+            # The same check: the same first request, or the one the runtime already follows (the agent's
+            # next reconcile hands over the probe file recorded after the first check). Only a check of
+            # something else starts again from Unknown.
+            if config.request in (old.config.request, old.request):
                 m.request, m.status, m.reported, m.reported_at = (
                     old.request, old.status, old.reported, old.reported_at)
-                m.sent_at, m.timed_out = old.sent_at, old.timed_out
+                m.sent_at, m.timed_out, m.checks = old.sent_at, old.timed_out, old.checks
             else:
                 self._forget_check(config.name)
             if old.config == config:

@@ -7,6 +7,7 @@ test_domain_monitor_storage.py).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import pathlib
@@ -256,6 +257,46 @@ def test_runtime_reports_once_per_transition_and_exports_metrics(tmp_path: pathl
         rt.stop()
     st = dmon.MonitorStatus()
     assert st.state is dmon.State.UNKNOWN
+
+
+def test_the_recorded_probe_request_keeps_the_status_a_new_target_does_not(tmp_path: pathlib.Path) -> None:
+    """The agent's next reconcile hands over the probe recorded after the first check: the request the
+    runtime already follows. That must not reset the monitor to Unknown (a false "no result" for a
+    resync); a request for another target must."""
+    reports: list[tuple[str, str]] = []
+    rt = monitoring.MonitorRuntime(on_report=lambda n, st, t: reports.append((n, str(st.state))))
+    rt.start()
+    try:
+        first = checker.CheckRequest(target=str(tmp_path), probe="p", create_probe=True)
+        rt.set(monitoring.MonitorConfig("m", first, interval=1, timeout=1))
+        deadline = time.monotonic() + 10
+        while reports != [("m", "Healthy")] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert reports == [("m", "Healthy")]
+        recorded = dataclasses.replace(first, path=str(tmp_path / "p"), kind="probe", create_probe=False)
+        rt.set(monitoring.MonitorConfig("m", recorded, interval=1, timeout=1))
+        checks = rt.snapshot()["m"]["checks"]
+        deadline = time.monotonic() + 10
+        while rt.snapshot()["m"]["checks"] < checks + 2 and time.monotonic() < deadline:
+            assert rt.status("m").state is dmon.State.HEALTHY  # type: ignore[union-attr]
+            time.sleep(0.02)
+        assert rt.snapshot()["m"]["checks"] >= checks + 2, "the monitor kept checking after the update"
+        assert reports == [("m", "Healthy")]  # no Unknown, no second write
+        hung = Fifo(tmp_path / "hung")  # another file, whose read never answers: only a reset shows
+        try:
+            rt.set(monitoring.MonitorConfig("m", checker.CheckRequest(
+                target=str(tmp_path), path=str(hung.path), kind="file", create_probe=False),
+                interval=10, timeout=5))  # fmt: skip
+            deadline = time.monotonic() + 3
+            while rt.status("m").state is dmon.State.HEALTHY and time.monotonic() < deadline:  # type: ignore[union-attr]
+                time.sleep(0.02)
+            assert rt.status("m").state is dmon.State.UNKNOWN  # type: ignore[union-attr]
+        finally:
+            hung.release()
+            time.sleep(0.2)
+            hung.close()
+    finally:
+        rt.stop()
 
 
 def test_a_probe_swapped_for_a_link_is_reported_not_read_through(
