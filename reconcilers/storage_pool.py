@@ -490,6 +490,21 @@ def target_conflict(
     )
 
 
+def left_mounted(spec_name: str, libvirt_name: str, host: host_mod.Host) -> bool:
+    """Whether a pool libvirt no longer has may find its own mount still on its target: the ledger
+    holds it (by name and the UUID hoststorage defined it with).
+
+    A libvirtd that lost a running fs/netfs pool (killed while defining it, its state gone) leaves the
+    pool's source mounted; that mount, the pool's own source at the pool's own target, is then the
+    pool's and ``start`` takes it over (libvirt does not mount an already mounted target again). For any
+    other pool it stays a Conflict: a name alone never claims anything. The chaos soak (issue 14) found
+    the pool otherwise reported Conflict for good."""
+    entry = host.ledger.get(KIND, spec_name)
+    if entry is None or entry.resource.get("libvirtName") != libvirt_name:
+        return False
+    return bool(entry.resource.get("uuid"))
+
+
 def target_unmounted(
     defn: libvirt_pools.PoolDefinition,
     active: bool,
@@ -661,7 +676,7 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
         if conflict is None:
             conflict = target_conflict(
                 observed.definition if observed else desired.definition,
-                observed is not None and observed.active,
+                observed.active if observed else left_mounted(pool.name, name, host),
             )
         if conflict is not None:
             return RESULTS.make(
