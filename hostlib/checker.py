@@ -369,7 +369,8 @@ class Checker:
     def remove_probe(self, root: str, path: str, *, expect: tuple[int, int], timeout: float) -> bool | None:
         """Unlink the probe file this host created (``expect``: its recorded device and inode) through a
         helper: True removed, False absent, None no answer. Something else at that name raises
-        :class:`hostlib.errors.Conflict` (nothing removed); other refusals are logged and give False."""
+        :class:`hostlib.errors.Conflict` (nothing removed); an error the storage answered with (a gluster
+        client with no brick: ENOTCONN; EIO, EROFS) raises :class:`OSError` with its errno."""
         helper = self._helper_for_work(self._clock())
         if helper is None:
             return None
@@ -389,8 +390,8 @@ class Checker:
                     if not result.ok and result.stage == "conflict":
                         raise errors.Conflict(result.error)
                     if not result.ok:
-                        log.warning("cannot remove probe file %s: %s", path, result.error)
-                    return result.ok and result.kind == "removed"
+                        raise OSError(result.errno or 0, result.error or f"cannot remove probe file {path}")
+                    return result.kind == "removed"
         self.forget(key)
         return None
 

@@ -608,19 +608,28 @@ def teardown(
             return []
 
         def run() -> tuple[bool, str]:
-            message = "monitor removed"
-            if isinstance(probe, str) and probe and probe_id is None:
-                message = f"monitor removed; probe file {probe} left in place (hoststorage did not create it)"
-            elif isinstance(probe, str) and probe and isinstance(root, str) and probe_id is not None:
+            if not (isinstance(probe, str) and probe):
+                return True, "monitor removed"
+            left = f"monitor removed; probe file {probe} left in place"
+            if probe_id is None:
+                return True, f"{left} (hoststorage did not create it)"
+            if not isinstance(root, str):
+                return True, "monitor removed"
+            try:
                 removed = _remove_probe(host, root, probe, probe_id)
-                if removed is None:
-                    # The storage does not answer; a 4 KiB probe left behind is harmless, a hung
-                    # teardown is not.
-                    message = f"monitor removed; probe file {probe} left in place (storage did not answer)"
-                    log.warning("DomainMonitor/%s: %s", entry.name, message)
-                elif removed:
-                    message = f"monitor removed with its probe file {probe}"
-            return True, message
+            except OSError as exc:
+                # The storage answered with an error: retried (TeardownFailed) while it may be a blip.
+                why = probe_left(entry, host, exc, force=force, now=time.time())
+            else:
+                if removed:
+                    return True, f"monitor removed with its probe file {probe}"
+                if removed is not None:
+                    return True, "monitor removed"  # it was gone already
+                # The storage does not answer; a 4 KiB probe left behind is harmless, a hung teardown
+                # is not.
+                why = "storage did not answer"
+            log.warning("DomainMonitor/%s: %s (%s)", entry.name, left, why)
+            return True, f"{left} ({why})"
 
         return status.Undo(
             detail={}, policy=policy, plan=plan, run=run, would="would stop monitoring",
@@ -628,6 +637,29 @@ def teardown(
         )
 
     return status.teardown(RESULTS, spec_or_entry.name, host.ledger, prepare, dry_run=dry_run, force=force)
+
+
+PROBE_REMOVE_RETRY_SECONDS = 120.0
+"""How long a teardown retries removing a probe file the storage refuses to remove (a gluster brick
+stopped for seconds answers ENOTCONN) before the monitor goes anyway and leaves the file: a blip leaves
+nothing behind, storage gone for good does not hold the monitor (and its connection, InUse) forever."""
+
+
+def probe_left(
+    entry: ledger.LedgerEntry, host: host_mod.Host, exc: OSError, *, force: bool, now: float
+) -> str:
+    """A probe removal the storage refused: raise it again (the teardown fails and is retried) until
+    :data:`PROBE_REMOVE_RETRY_SECONDS` have passed since the first refusal (recorded in the ledger
+    entry), or at once with ``force``; then why the probe file is left in place."""
+    first = entry.resource.get("probeRemoveFailedAt")
+    if not isinstance(first, (int, float)) or isinstance(first, bool) or first > now:
+        first = now
+        host.ledger.put(dataclasses.replace(entry, resource={**entry.resource, "probeRemoveFailedAt": now}))
+    waited = now - first
+    if not force and waited < PROBE_REMOVE_RETRY_SECONDS:
+        raise exc
+    error = os.strerror(exc.errno) if exc.errno else str(exc.strerror or exc)
+    return f"{error}; --force" if force else f"{error}; refused for {waited:.0f} s"
 
 
 def _remove_probe(host: host_mod.Host, root: str, probe: str, probe_id: tuple[int, int]) -> bool | None:

@@ -13,6 +13,7 @@ import os
 import pathlib
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -176,6 +177,28 @@ def test_an_existing_probe_name_is_read_but_never_claimed(
     assert r is not None and r.ok and r.kind == "probe" and r.created is None
     assert (tmp_path / checker.PROBE_NAME).read_bytes() == b"someone's file"
 
+
+
+@pytest.mark.host
+def test_remove_probe_raises_the_error_the_storage_answers(
+    chk: checker.Checker, tmp_path: pathlib.Path
+) -> None:
+    """A storage that refuses (here read-only; a gluster client without its brick says ENOTCONN) is an
+    OSError with its errno, not "absent": the teardown retries it (test_domain_monitor.py)."""
+    d = tmp_path / "d"
+    d.mkdir()
+    r = chk.check(checker.CheckRequest(target=str(d)), timeout=5)
+    assert r is not None and r.ok and r.path and r.created
+    subprocess.run(["mount", "--bind", str(d), str(d)], check=True, timeout=30)
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(d)], check=True, timeout=30)
+        with pytest.raises(OSError) as raised:
+            chk.remove_probe(str(d), r.path, expect=r.created, timeout=5)
+        assert raised.value.errno == errno.EROFS and r.path in str(raised.value.strerror)
+        assert os.path.exists(r.path)
+    finally:
+        subprocess.run(["umount", str(d)], check=True, timeout=30)
+    assert chk.remove_probe(str(d), r.path, expect=r.created, timeout=5) is True
 
 def test_remove_probe_of_a_link_planted_at_its_name_is_conflict_and_removes_nothing(
     chk: checker.Checker, tmp_path: pathlib.Path

@@ -289,3 +289,108 @@ def test_teardown_of_a_probe_without_a_recorded_ident_removes_nothing(tmp_path: 
     result = dmon.teardown(spec, host)  # no checker: a removal attempt would fail loudly
     assert (result.phase, result.reason) == ("Detached", "Detached")
     assert "did not create it" in result.message and host.ledger.entries() == []
+
+
+class RefusingChecker:
+    """The removal half of :class:`hostlib.checker.Checker`: answers each remove_probe with the next of
+    ``answers`` (an OSError is raised, as the real one raises the storage's error; pinned in
+    test_checker.py::test_remove_probe_raises_the_error_the_storage_answers)."""
+
+    def __init__(self, answers: list[bool | OSError | None]) -> None:
+        self.answers = answers
+        self.calls = 0
+
+    def remove_probe(self, root: str, path: str, *, expect: tuple[int, int], timeout: float) -> bool | None:
+        answer = self.answers[self.calls]
+        self.calls += 1
+        if isinstance(answer, OSError):
+            raise answer
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+Recorded = tuple[FakeHost, dmon.Spec, RefusingChecker]
+
+
+def _recorded(tmp_path: Any, answers: list[bool | OSError | None]) -> Recorded:
+    refusing = RefusingChecker(answers)
+    state = ledger.Ledger(str(tmp_path / "state"))
+    host = FakeHost(FakeConfig((str(tmp_path),)), state, checker=lambda: refusing)
+    spec = dmon.parse(manifest({"target": {"hostPath": str(tmp_path / "d")}}))
+    dmon.record(host, spec, dmon.Resolved(str(tmp_path / "d"), str(tmp_path)), "/t/p", (7, 9))
+    return host, spec, refusing
+
+
+ENOTCONN = OSError(107, "remove /t/p: Transport endpoint is not connected")  # what the helper answers
+
+
+def test_a_probe_removal_the_storage_refuses_is_retried_then_succeeds(tmp_path: Any) -> None:
+    host, spec, refusing = _recorded(tmp_path, [ENOTCONN, ENOTCONN, True])
+    for _ in range(2):  # a gluster brick stopped for seconds: the teardown fails and is retried
+        result = dmon.teardown(spec, host)
+        assert (result.phase, result.reason, result.retry) == ("TeardownFailed", "HostError", True)
+        assert "Transport endpoint is not connected" in result.message and "/t/p" in result.message
+        assert host.ledger.get(dmon.KIND, spec.name) is not None
+    result = dmon.teardown(spec, host)
+    assert (result.phase, result.message) == ("Detached", "monitor removed with its probe file /t/p")
+    assert host.ledger.entries() == [] and refusing.calls == 3
+
+
+def test_a_probe_removal_refused_past_the_retry_window_leaves_the_file_and_goes(tmp_path: Any) -> None:
+    host, spec, _ = _recorded(tmp_path, [ENOTCONN, ENOTCONN, ENOTCONN])
+    assert dmon.teardown(spec, host).phase == "TeardownFailed"
+    entry = host.ledger.get(dmon.KIND, spec.name)
+    assert entry is not None
+    first = entry.resource["probeRemoveFailedAt"]
+    # The first refusal's time is kept across attempts; the window is counted from it.
+    assert dmon.teardown(spec, host).phase == "TeardownFailed"
+    entry = host.ledger.get(dmon.KIND, spec.name)
+    assert entry is not None and entry.resource["probeRemoveFailedAt"] == first
+    host.ledger.put(dataclasses.replace(
+        entry, resource={**entry.resource, "probeRemoveFailedAt": first - dmon.PROBE_REMOVE_RETRY_SECONDS}))
+    result = dmon.teardown(spec, host)
+    assert (result.phase, result.reason) == ("Detached", "Detached")
+    left = "probe file /t/p left in place (Transport endpoint is not connected; refused for 12"
+    assert left in result.message
+    assert host.ledger.entries() == []
+
+
+def test_force_leaves_a_refused_probe_at_once(tmp_path: Any) -> None:
+    host, spec, _ = _recorded(tmp_path, [ENOTCONN])
+    result = dmon.teardown(spec, host, force=True)
+    assert (result.phase, result.reason) == ("Detached", "Detached")
+    assert "left in place (Transport endpoint is not connected; --force)" in result.message
+
+
+@pytest.mark.parametrize(
+    ("first", "now", "retried"),
+    [
+        (1000.0, 1000.0, True),
+        (1000.0, 1000.0 + dmon.PROBE_REMOVE_RETRY_SECONDS - 0.001, True),
+        (1000.0, 1000.0 + dmon.PROBE_REMOVE_RETRY_SECONDS, False),  # the window ends at its bound
+        (5000.0, 1000.0, True),  # a first refusal "in the future" (a clock set back): counted from now
+        ("soon", 1000.0, True),  # a malformed record: counted from now
+    ],
+)
+def test_probe_left_counts_the_window_from_the_first_refusal(
+    tmp_path: Any, first: Any, now: float, retried: bool
+) -> None:
+    host = FakeHost(FakeConfig((str(tmp_path),)), ledger.Ledger(str(tmp_path / "state")))
+    entry = ledger.LedgerEntry(dmon.KIND, "mon", resource={"probeFile": "/t/p", "probeRemoveFailedAt": first})
+    host.ledger.put(entry)
+    if retried:
+        with pytest.raises(OSError, match="not connected"):
+            dmon.probe_left(entry, host, ENOTCONN, force=False, now=now)
+    else:
+        assert dmon.probe_left(entry, host, ENOTCONN, force=False, now=now) == (
+            "Transport endpoint is not connected; refused for 120 s")
+    assert dmon.probe_left(entry, host, ENOTCONN, force=True, now=now).endswith("; --force")
+
+
+def test_a_probe_the_storage_does_not_answer_for_is_left_at_once(tmp_path: Any) -> None:
+    host, spec, _ = _recorded(tmp_path, [None])
+    result = dmon.teardown(spec, host)
+    assert (result.phase, result.message) == (
+        "Detached", "monitor removed; probe file /t/p left in place (storage did not answer)")
