@@ -438,6 +438,48 @@ def test_api_outage_keeps_host_state_and_catches_up(kube_cluster: Cluster, loop_
         wait_gone(kube_cluster, n, timeout=90)
 
 
+
+def test_an_agent_restarted_into_an_api_outage_writes_its_monitors_result(kube_cluster: Cluster) -> None:
+    """The chaos soak's finding (issue 14, seed 2122039873): an agent SIGKILLed and started again while
+    the API was away must still write what its monitors find once the API is back, and log no traceback.
+    The storage changes while the agent is down, so only a fresh result can be right."""
+    if kube_cluster.runner is None:
+        pytest.skip("stopping the API server needs the emulator")
+    node = kube_cluster.nodes[0]
+    agent = kube_cluster.agents[node]
+    target = kube_cluster.allowed / uniq("restart-target")
+    target.mkdir()
+    mon = uniq("restart-dm")
+    kube_cluster.apply({
+        "apiVersion": "hoststorage.io/v1alpha1", "kind": "DomainMonitor", "metadata": {"name": mon},
+        "spec": {"target": {"hostPath": str(target)}, "intervalSeconds": 2,
+                 "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": node}}},
+    })  # fmt: skip
+
+    def phase() -> str | None:
+        st = kube_cluster.states(mon, kind="DomainMonitor").get(node) or {}
+        return (st.get("status") or {}).get("phase")
+
+    wait_until(lambda: phase() == "Healthy", 60, "the monitor Healthy")
+    (probe,) = [p for p in target.iterdir() if p.is_file()]
+    log_before = len(agent.log_text())
+    agent.kill()
+    kube_cluster.runner.stop()
+    try:
+        probe.unlink()  # the storage lost the probe while nobody watched
+        agent.start()
+        time.sleep(9)
+    finally:
+        kube_cluster.runner.start()
+    try:
+        wait_until(lambda: phase() == "Invalid", 60, "the restarted agent's result written")
+        time.sleep(6)  # three check intervals: it stays what the checks find
+        assert phase() == "Invalid"
+        new_log = agent.log_text()[log_before:]
+        assert "Traceback" not in new_log, new_log[-4000:]
+    finally:
+        kube_cluster.kubectl("delete", "dmon", mon, "--timeout=60s", check=False)
+
 def test_leader_election_one_active_replica(kube_cluster: Cluster) -> None:
     lease = f"hs-lease-{secrets.token_hex(3)}"
     replicas = []
