@@ -53,6 +53,7 @@ import fixtures_kube  # noqa: E402
 import fixtures_libvirt  # noqa: E402
 import fixtures_storage  # noqa: E402
 import soak_model as model  # noqa: E402
+import trust_world  # noqa: E402
 
 from controller import registry  # noqa: E402
 from hostlib import mounts  # noqa: E402
@@ -134,6 +135,25 @@ class World:
         """Nodes with a mount unmounted underneath since the last quiet point."""
         self.orphans: set[str] = set()
         self.orphans_removed = 0
+        self.bystander = self._plant_bystanders()
+        self.bystanders = trust_world.snapshot(self.bystander)
+        """The bystander tree as planted: it must stay exactly so (nothing outside the roots touched)."""
+
+    def _plant_bystanders(self) -> pathlib.Path:
+        """Files, a directory and a link outside every root, with links to them planted inside the roots
+        (the allowed host paths, a localfs connection's directory that monitors put probe files in)
+        where a user of those roots could put them. (Not in the gluster brick: a file written into a
+        brick behind gluster's back is not on the volume.)"""
+        d = self.workdir / "bystander"
+        (d / "keep").mkdir(parents=True)
+        (d / "disk.img").write_bytes(secrets.token_bytes(65536))
+        (d / "keep" / "note").write_text("not hoststorage's\n")
+        os.symlink("disk.img", d / "link")
+        (self.cluster.allowed / "localfs-0").mkdir(exist_ok=True)
+        for inside in (self.cluster.allowed, self.cluster.allowed / "localfs-0"):
+            os.symlink(d / "disk.img", inside / "bystander-disk")
+            os.symlink(d / "keep", inside / "bystander-dir")
+        return d
 
     # ------------------------------------------------------------------ start / stop
 
@@ -560,6 +580,10 @@ class World:
                     if tp:
                         want_probes.add(os.path.join(tp, f".hoststorage-probe-{node}"))
         found += model.unwanted("mount", {f"{m.node}:{m.target}" for m in mounts_now}, want_mounts)
+        # nothing outside the roots touched: no mount outside the mount bases, the bystanders unchanged
+        bases = [a.mount_base for a in self.cluster.agents.values()]
+        found += model.outside_roots(str(self.workdir), [r.target for r in mounts.read_mounts()], bases)
+        found += model.touched(trust_world.diff(self.bystanders, trust_world.snapshot(self.bystander)))
         found += model.unwanted(
             "link", {f"{n}:{x}" for n in self.cluster.agents for x in self.links(n)}, want_links
         )

@@ -148,6 +148,25 @@ def unwanted(what: str, present: Iterable[str], wanted: Iterable[str]) -> list[V
     return out
 
 
+def outside_roots(world: str, targets: Iterable[str], bases: Iterable[str]) -> list[Violation]:
+    """Mounts in the soak's world that lie under none of the agents' mount bases: hoststorage mounts
+    only there (an fs pool's target included), so anything else was mounted outside its roots."""
+    top = world.rstrip("/") + "/"
+    roots = [b.rstrip("/") + "/" for b in bases]
+    return [
+        Violation("mount-outside-roots", t)
+        for t in sorted(set(targets))
+        if t.startswith(top) and not any(t.startswith(r) for r in roots)
+    ]
+
+
+def touched(changes: Iterable[str]) -> list[Violation]:
+    """Changes to the bystander tree (files, a directory and a link outside every root, some of them
+    the targets of links planted inside the roots): hoststorage may never create, change or remove
+    anything there."""
+    return [Violation("outside-touched", c) for c in changes]
+
+
 PROBE_PREFIX = ".hoststorage-probe-"
 
 

@@ -50,6 +50,18 @@ def test_unwanted_and_missing_host_things() -> None:
     assert [str(v) for v in found] == ["unwanted-mount: a:/leak", "missing-mount: a:/gone"]
 
 
+def test_mounts_outside_the_roots_and_touched_bystanders() -> None:
+    bases = ["/w/node-a/mnt", "/w/node-b/mnt/"]
+    inside = ["/w/node-a/mnt/x", "/w/node-b/mnt/pools/p", "/srv/elsewhere"]  # not in the world: not ours
+    assert model.outside_roots("/w", inside, bases) == []
+    found = model.outside_roots("/w/", [*inside, "/w/hostpaths/x", "/w/node-a/mntx", "/w/node-a/mnt"], bases)
+    assert [v.detail for v in found] == ["/w/hostpaths/x", "/w/node-a/mnt", "/w/node-a/mntx"]
+    assert {v.invariant for v in found} == {"mount-outside-roots"}
+    assert model.touched([]) == []
+    found = model.touched(["disk.img: a -> None"])
+    assert [str(v) for v in found] == ["outside-touched: disk.img: a -> None"]
+
+
 def test_ledger_mismatch_both_ways() -> None:
     assert model.ledger_mismatch("a", [("K", "x")], [("K", "x")]) == []
     found = model.ledger_mismatch("a", [("K", "x"), ("K", "old")], [("K", "x"), ("K", "new")])
