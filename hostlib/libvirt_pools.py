@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -409,6 +410,8 @@ class PoolLayer:
         self._lock = threading.Lock()
         self._conn: Any = None
         self._callback_ids: list[tuple[str, int]] = []
+        self._dead: list[tuple[Any, list[tuple[str, int]]]] = []
+        """Lost connections, closed by the reconnect thread (each holds descriptors until closed)."""
         self._pool_listeners: list[PoolEventListener] = []
         self._domain_listeners: list[DomainEventListener] = []
         self._reconnect_listeners: list[ReconnectListener] = []
@@ -482,6 +485,7 @@ class PoolLayer:
         if conn is not None:
             with contextlib.suppress(libvirt.libvirtError, errors.HostStorageError):
                 self._bounded("close", lambda: self._close_conn(conn, ids), timeout=5.0)
+        self._close_dead()
 
     @staticmethod
     def _close_conn(conn: Any, ids: list[tuple[str, int]]) -> None:
@@ -566,6 +570,10 @@ class PoolLayer:
         with self._lock:
             if self._conn is not conn or conn is None:
                 return
+            # Closed in the reconnect thread, not here (this may be libvirt's event-loop thread): a lost
+            # connection left open keeps its descriptors and callbacks, one set per reconnect (the chaos
+            # soak saw an agent's fds grow with every libvirtd restart).
+            self._dead.append((conn, self._callback_ids))
             self._conn, self._callback_ids = None, []
             if self._outage is None:
                 self._outage = Outage(time.time(), why)
@@ -585,10 +593,18 @@ class PoolLayer:
         if current is not None and not self._stopping.is_set():
             self._lost(current, names.get(reason, f"reason {reason}"))
 
+    def _close_dead(self) -> None:
+        with self._lock:
+            dead, self._dead = self._dead, []
+        for conn, ids in dead:
+            with contextlib.suppress(libvirt.libvirtError, errors.HostStorageError):
+                self._bounded("close", functools.partial(self._close_conn, conn, ids), timeout=5.0)
+
     def _reconnect_loop(self) -> None:
         while not self._stopping.is_set():
             self._kick.wait()
             self._kick.clear()
+            self._close_dead()
             delay = self.backoff[0]
             while not self._stopping.is_set() and not self.connected:
                 try:

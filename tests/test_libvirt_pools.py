@@ -282,6 +282,29 @@ def test_reconnects_after_libvirtd_restart(layer: libvirt_pools.PoolLayer, dir_p
 
 @pytest.mark.host
 @pytest.mark.slow
+def test_a_lost_connection_is_closed_no_descriptor_left_per_reconnect(libvirtd: str) -> None:
+    """The chaos soak (issue 14) saw an agent's fds grow with every libvirtd restart: the lost
+    connection was dropped unclosed, keeping its descriptors (an eventfd each here) and callbacks."""
+    lay = libvirt_pools.PoolLayer(libvirtd, backoff=(0.2, 1.0))
+    assert lay.connect()
+    try:
+        time.sleep(0.5)
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            reconnected = threading.Event()
+            lay.add_reconnect_listener(reconnected.set)
+            fixtures_libvirt.restart_libvirtd()
+            assert reconnected.wait(20), "no reconnect within 20 s of libvirtd coming back"
+            lay.remove_listener(reconnected.set)
+            time.sleep(0.5)  # the reconnect thread closes the lost connection before it connects
+        after = len(os.listdir("/proc/self/fd"))
+        assert after <= before + 1, f"{after - before} descriptors more after 3 reconnects"
+        assert lay.observe(_name()) is None  # and the new connection works
+    finally:
+        lay.close()
+
+@pytest.mark.host
+@pytest.mark.slow
 def test_a_hung_libvirtd_is_bounded_and_detected_by_keepalive(
     libvirtd: str, tmp_path: os.PathLike[str]
 ) -> None:
