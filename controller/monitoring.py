@@ -508,11 +508,20 @@ def tracker_for(host: Any) -> libvirt_domains.DomainTracker:
 
 
 def record_probe(host: Any, spec: dmon.Spec, status: dmon.MonitorStatus) -> None:
-    """Remember a probe file the helper created, so it is never created twice (and teardown removes it)."""
-    if status.path_kind == "probe" and status.path and dmon.recorded_probe(host, spec.name) != status.path:
-        try:
-            resolved = dmon.resolve_target(spec, host)
-        except errors.HostStorageError:
-            return
-        dmon.record(host, spec, resolved, status.path, status.probe_id)
+    """Remember a probe file the helper created, so it is never created twice (and teardown removes it).
+
+    Written against the target the monitor's ledger entry recorded, not a fresh resolve: the created
+    file's ident must be kept even while the target cannot be resolved (a pool being restarted,
+    libvirtd away), or the schedule stops, the ident is lost with it, and the teardown later leaves the
+    file as not hoststorage's (the chaos soak found exactly that)."""
+    if status.path_kind != "probe" or not status.path:
+        return
+    recorded = dmon.recorded_probe(host, spec.name)
+    if recorded == status.path and status.probe_id in (None, dmon.recorded_probe_id(host, spec.name)):
+        return
+    entry = host.ledger.get(dmon.KIND, spec.name)
+    target, root = (entry.resource.get("target"), entry.resource.get("root")) if entry else (None, None)
+    if entry is None or not isinstance(target, str) or not isinstance(root, str):
+        return
+    dmon.record(host, spec, dmon.Resolved(target, root, entry.depends_on), status.path, status.probe_id)
 

@@ -92,11 +92,17 @@ class Monitors:
         self.runtime.stop()
 
     def ensure(self, spec: dmon.Spec, host: host_mod.Host) -> status.NodeResult:
+        # First what the running schedule found (a probe file it created): a target that cannot be
+        # resolved now stops the schedule, and its status with it.
+        self._record_probe(spec, host)
         result = monitoring.ensure(self.runtime, spec, host)
+        self._record_probe(spec, host)
+        return result
+
+    def _record_probe(self, spec: dmon.Spec, host: host_mod.Host) -> None:
         current = self.runtime.status(spec.name)
         if current is not None:
             monitoring.record_probe(host, spec, current)
-        return result
 
     def forget(self, name: str) -> None:
         self.runtime.remove(name)

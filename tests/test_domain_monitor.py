@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from controller import monitoring
 from hostlib import domain_metadata, errors, ledger
 from reconcilers import domain_monitor as dmon
 
@@ -394,3 +395,27 @@ def test_a_probe_the_storage_does_not_answer_for_is_left_at_once(tmp_path: Any) 
     result = dmon.teardown(spec, host)
     assert (result.phase, result.message) == (
         "Detached", "monitor removed; probe file /t/p left in place (storage did not answer)")
+
+
+def test_a_created_probe_is_recorded_while_the_target_cannot_be_resolved(tmp_path: Any) -> None:
+    """The chaos soak (issue 14, seed 1491245078): a probe created just before the monitor's pool went
+    away (libvirtd restarted, the pool restarted) lost its ident, and the teardown left the file as
+    not hoststorage's. The ident is recorded against the target the ledger entry holds."""
+    host = FakeHost(FakeConfig((str(tmp_path),)), ledger.Ledger(str(tmp_path / "state")))
+    spec = dmon.parse(manifest({"target": {"poolRef": {"name": "gone"}}}))  # resolving it fails here
+    with pytest.raises(errors.HostStorageError):
+        dmon.resolve_target(spec, host)  # type: ignore[arg-type]
+    dmon.record(host, spec, dmon.Resolved("/pools/p", "/pools/p"), "")  # type: ignore[arg-type]
+    created = dmon.MonitorStatus(path="/pools/p/probe", path_kind="probe", probe_id=(7, 9))
+    monitoring.record_probe(host, spec, created)
+    entry = host.ledger.get(dmon.KIND, spec.name)
+    assert entry is not None and entry.resource["probeId"] == [7, 9]
+    assert (entry.resource["target"], entry.resource["root"]) == ("/pools/p", "/pools/p")
+    # read again later (not created): the ident stays; a new file at the same name replaces it
+    monitoring.record_probe(host, spec, dataclasses.replace(created, probe_id=None))
+    assert dmon.recorded_probe_id(host, spec.name) == (7, 9)  # type: ignore[arg-type]
+    monitoring.record_probe(host, spec, dataclasses.replace(created, probe_id=(7, 10)))
+    assert dmon.recorded_probe_id(host, spec.name) == (7, 10)  # type: ignore[arg-type]
+    # another file read (not created) is recorded without an ident: never removed
+    monitoring.record_probe(host, spec, dmon.MonitorStatus(path="/pools/p/other", path_kind="probe"))
+    assert dmon.recorded_probe_id(host, spec.name) is None  # type: ignore[arg-type]
