@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -389,6 +390,8 @@ class Checker:
                 if k == key:
                     if not result.ok and result.stage == "conflict":
                         raise errors.Conflict(result.error)
+                    if not result.ok and result.errno == errno.ENOENT:
+                        return False  # a directory on the way is gone: so is the probe file at that name
                     if not result.ok:
                         raise OSError(result.errno or 0, result.error or f"cannot remove probe file {path}")
                     return result.kind == "removed"

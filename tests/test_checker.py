@@ -179,6 +179,22 @@ def test_an_existing_probe_name_is_read_but_never_claimed(
 
 
 
+def test_remove_probe_under_a_directory_that_is_gone_is_absent(
+    chk: checker.Checker, tmp_path: pathlib.Path
+) -> None:
+    """ENOENT on the way: no probe file at that name, nothing to retry; the moved one is kept. (A file in
+    the directory's place is a Conflict: something else is in the way.)"""
+    d = tmp_path / "d"
+    d.mkdir()
+    r = chk.check(checker.CheckRequest(target=str(d)), timeout=5)
+    assert r is not None and r.ok and r.path and r.created
+    os.rename(d, tmp_path / "moved")
+    assert chk.remove_probe(str(tmp_path), r.path, expect=r.created, timeout=5) is False
+    (tmp_path / "d").write_bytes(b"a file where the directory was")
+    with pytest.raises(errors.Conflict):
+        chk.remove_probe(str(tmp_path), r.path, expect=r.created, timeout=5)
+    assert (tmp_path / "moved" / os.path.basename(r.path)).exists()
+
 @pytest.mark.host
 def test_remove_probe_raises_the_error_the_storage_answers(
     chk: checker.Checker, tmp_path: pathlib.Path
