@@ -179,7 +179,20 @@ class Agent:
         if not self.nodes.apply(event_type, self.node, obj) or event_type == "DELETED":
             return
         labels = cache.meta(obj).get("labels")
-        if old is None or cache.meta(old).get("labels") != labels:
+        if old is not None and _uid(old) and _uid(obj) and _uid(old) != _uid(obj):
+            # Deleted and added again, perhaps between two listings (ours at start-up and kopf's), so
+            # neither deletion was seen: our records went with the old Node. Every pass writes anew
+            # (node_states.of_another_node).
+            log.warning(
+                "node %s: re-created (uid %s, was %s); its StorageNodeStates went with the old Node; "
+                "writing them again",
+                self.node,
+                _uid(obj),
+                _uid(old),
+            )
+            if self.synced.is_set():
+                self.enqueue_all()
+        elif old is None or cache.meta(old).get("labels") != labels:
             log.info("node %s: labels now %s; re-evaluating every object", self.node, labels)
             if self.synced.is_set():
                 self.enqueue_all()

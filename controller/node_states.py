@@ -5,8 +5,9 @@ writer. :class:`NodeStateWriter` keeps them in an :class:`controller.cache.Objec
 agent's watch of its own records and by the answers to its writes) and writes a status only when it
 differs from what is there; moving numbers alone (:func:`same_state`) wait for the monitor's report
 interval. A create that answers 409 (the record exists but the watch has not shown it yet) takes the
-existing record and goes on; a record of an earlier parent of the same name (another uid) is deleted
-first. Condition reasons and messages are cut to the CRD's limits (:func:`bounded`), because a write the
+existing record and goes on; a record of an earlier parent of the same name (another uid), or of an
+earlier Node of ours (deleted and added again: the record went with it), is deleted first and written
+anew. Condition reasons and messages are cut to the CRD's limits (:func:`bounded`), because a write the
 API server refuses would be retried forever.
 """
 
@@ -78,6 +79,20 @@ def desired_status(old: Mapping[str, Any], block: Mapping[str, Any]) -> dict[str
     return desired
 
 
+def owner_node_uid(record: Mapping[str, Any]) -> str:
+    """The uid of the Node a StorageNodeState's ownerReference names ("" when it names none)."""
+    refs = cache.meta(record).get("ownerReferences") or []
+    return next(
+        (str(r.get("uid") or "") for r in refs if isinstance(r, Mapping) and r.get("kind") == "Node"), ""
+    )
+
+
+def of_another_node(record: Mapping[str, Any], node_uid: str) -> bool:
+    """Whether ``record`` belongs to an earlier Node of our name: both uids known and different."""
+    owner = owner_node_uid(record)
+    return bool(owner and node_uid and owner != node_uid)
+
+
 class NodeStateWriter:
     """Writes this node's StorageNodeStates; see the module docstring. Thread-safe through the cache."""
 
@@ -119,11 +134,14 @@ class NodeStateWriter:
         sns_name = self.name(kind, parent_name)
         parent_uid = str(cache.meta(parent).get("uid") or "")
         current = self.states.get(sns_name)
-        if (
-            current is not None
-            and ((current.get("spec") or {}).get("parentRef") or {}).get("uid") != parent_uid
+        if current is not None and (
+            ((current.get("spec") or {}).get("parentRef") or {}).get("uid") != parent_uid
+            or of_another_node(current, node_uid)
         ):
-            # A parent of the same name was re-created: the old record is about another object.
+            # A parent of the same name was re-created: the old record is about another object. Or
+            # our Node was (deleted and added again): the record went with the old Node (garbage
+            # collected through its ownerReference, perhaps while no watch of ours was there to see
+            # it), so what the cache holds may be gone. Either way: a new record.
             self.delete(sns_name, current)
             current = None
         created = current is None

@@ -13,7 +13,7 @@ import pytest
 from fake_api import FakeApi
 from test_storage_connection import FakeConnection, FakeWorld
 
-from controller import agent, events, kube, naming, registry, settings, teardown
+from controller import agent, events, kube, naming, node_states, registry, settings, teardown
 from hostlib import config, connections, ledger
 from reconcilers import api as api_mod
 from reconcilers import host as host_mod
@@ -148,6 +148,69 @@ def test_a_record_found_after_409_is_compared_not_rewritten(node_agent: agent.Ag
     node_agent.process((KIND, "c1"))
     assert fake.writes() == ["create_node_state"]  # answered 409; the record held is already right
     assert fake.states[name]["status"]["conditions"][0]["lastTransitionTime"] == "2020-01-01T00:00:00Z"
+
+
+def test_a_node_re_created_between_two_listings_gets_its_records_written_again(
+    node_agent: agent.Agent, fake: FakeApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Soak finding (seed 1780523030): the Node was deleted and added again while the agent started.
+    Its own listing saw the old Node and our records; kopf's, later, saw only the new Node; the
+    records went with the old Node and no deletion was ever seen. Every pass then found the cached
+    record "already right" and the parent waited for this node for good."""
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    name = naming.node_state_name(KIND, "c1", NODE)
+    assert node_states.owner_node_uid(fake.states[name]) == "node-uid"
+    del fake.states[name]  # garbage collected with the old Node; the cache never hears of it
+    new = {"metadata": {"name": NODE, "uid": "node-uid-2", "labels": {"zone": "a"}, "resourceVersion": "9"}}
+    fake.nodes[NODE] = new
+    enqueued: list[bool] = []
+    monkeypatch.setattr(node_agent, "enqueue_all", lambda: enqueued.append(True) or [])
+    fake.calls.clear()
+    node_agent.on_node(None, new)  # kopf's listing: the same labels, another uid
+    assert enqueued == [True]
+    assert "re-created (uid node-uid-2, was node-uid)" in caplog.text
+    node_agent.process((KIND, "c1"))
+    assert fake.writes() == ["delete_node_state", "create_node_state", "replace_node_state_status"]
+    record = fake.states[name]
+    assert node_states.owner_node_uid(record) == "node-uid-2"
+    assert record["status"]["phase"] == "Connected"
+    fake.calls.clear()
+    node_agent.process((KIND, "c1"))  # and then it is right: nothing more to write
+    assert fake.writes() == []
+
+
+def test_the_same_node_listed_again_is_no_work(
+    node_agent: agent.Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node = dict(node_agent._node() or {})
+    node["metadata"] = {**node["metadata"], "resourceVersion": "2"}
+    enqueued: list[bool] = []
+    monkeypatch.setattr(node_agent, "enqueue_all", lambda: enqueued.append(True) or [])
+    node_agent.on_node("MODIFIED", node)
+    assert enqueued == []
+    node["metadata"] = {**node["metadata"], "resourceVersion": "3", "labels": {"zone": "b"}}
+    node_agent.on_node("MODIFIED", node)
+    assert enqueued == [True]
+
+
+@pytest.mark.parametrize(
+    ("refs", "node_uid", "another"),
+    [
+        ([{"kind": "Node", "name": NODE, "uid": "n1"}], "n1", False),
+        ([{"kind": "Node", "name": NODE, "uid": "n1"}], "n2", True),
+        ([{"kind": "Node", "name": NODE, "uid": "n1"}], "", False),  # our Node's uid unknown: no claim
+        ([], "n2", False),  # a record with no owner named: nothing to compare
+        ([{"kind": "Pod", "name": "p", "uid": "p1"}], "n2", False),  # only a Node owner counts
+        ([{"kind": "Pod", "uid": "p1"}, {"kind": "Node", "uid": "n1"}], "n2", True),
+        (["junk", {"kind": "Node", "uid": "n1"}], "n1", False),
+    ],
+)
+def test_a_record_is_of_another_node_only_when_both_uids_are_known_and_differ(
+    refs: list[Any], node_uid: str, another: bool
+) -> None:
+    record = {"metadata": {"name": "x", "ownerReferences": refs}}
+    assert node_states.of_another_node(record, node_uid) is another
 
 
 def test_a_parent_event_that_changes_only_status_is_no_work(
