@@ -25,8 +25,6 @@ RANDOM_SEED = random.SystemRandom().randrange(1, 1 << 31)
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("seed", [14, RANDOM_SEED], ids=["seed14", "random"])
 def test_a_three_minute_soak_has_no_violations(seed: int) -> None:
-    if seed != 14 and not os.environ.get("HOSTSTORAGE_SOAK_RANDOM"):
-        pytest.skip("the random-seed soak is opt-in (HOSTSTORAGE_SOAK_RANDOM=1): issue 14 findings open")
     if os.geteuid() != 0:
         pytest.skip("needs root: the soak mounts, runs libvirt pools and a gluster brick for real")
     missing = fixtures_storage.gluster_missing()
