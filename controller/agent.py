@@ -18,6 +18,9 @@ the program's composition root; the rules it applies each have their own module:
   recovery) are :mod:`controller.node_states`.
 - Every applicable key is re-run every ``resync_seconds`` (jittered): drift (a mount removed behind our
   back) is repaired, logged and counted.
+- Every ``relist_seconds`` (default 3600, and once shortly after the initial refresh) the agent lists
+  its own StorageNodeStates afresh and writes again any the API lost with no watch event seen
+  (:meth:`Agent.relist_records`).
 - Ledger entries without a parent (deleted while the agent was down) are torn down once the initial
   listing is complete, never before: an empty cache must not look like "everything was deleted".
 """
@@ -69,6 +72,9 @@ USER_ERRORS = (kube.StartupError,)
 
 COMPONENT = events.COMPONENT
 StartupError = kube.StartupError
+RELIST_FIRST = 30.0
+"""Seconds after the initial refresh before the first relist of our records: kopf's watches, which list
+by themselves, have started by then, so a deletion between our listing and theirs is caught."""
 
 
 def _runtime_factory(path: str) -> runtimes.Factory:
@@ -214,6 +220,45 @@ class Agent:
         for key in sorted(keys, key=lambda k: (self.rows[k[0]].order, k[1])):
             self.queue.add(key)
         return sorted(keys)
+
+    def relist_records(self) -> list[Key]:
+        """List our StorageNodeStates afresh and queue again each parent whose record the API lost with
+        no watch event seen (deleted between our start-up listing and kopf's, say); returns those keys."""
+        before = self.writer.snapshot()
+        listed = self.api.list_node_states(label_selector=naming.node_selector(self.node))
+        for obj in listed:
+            self.on_state(None, obj)
+        gone = self.writer.forget_unlisted(before, (str(cache.meta(o).get("name")) for o in listed))
+        keys: list[Key] = []
+        for record in gone:
+            ref = (record.get("spec") or {}).get("parentRef") or {}
+            key = (str(ref.get("kind")), str(ref.get("name")))
+            log.warning(
+                "node %s: StorageNodeState %s is gone and no watch event said so; writing it again",
+                self.node,
+                cache.meta(record).get("name"),
+            )
+            if key[0] in self.kinds:
+                self.queue.add(key)
+                keys.append(key)
+        return keys
+
+    def relist_loop(self) -> None:
+        """:meth:`relist_records` every ``relist_seconds`` (jittered), the first time ``RELIST_FIRST``
+        seconds after the initial refresh (kopf's own listing is done by then); off at 0."""
+        period = self.conf.relist_seconds
+        if period <= 0:
+            return
+        while not self.ready.wait(1.0):
+            if self.stopping.is_set():
+                return
+        delay = min(RELIST_FIRST, period)
+        while not self.stopping.wait(delay):
+            try:
+                self.relist_records()
+            except kube.ApiError as exc:  # the next period tries again; the watch still feeds the cache
+                log.warning("node %s: relist of our StorageNodeStates failed: %s", self.node, exc)
+            delay = period * random.uniform(0.9, 1.1)  # noqa: S311
 
     # ------------------------------------------------------------------ start-up
 
@@ -528,6 +573,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="re-reconcile every object this often, jittered (default 60)",
     )
     parser.add_argument(
+        "--relist-seconds",
+        dest="relist_seconds",
+        type=float,
+        default=None,
+        help="list our own StorageNodeStates afresh this often and write again any the API lost "
+        "(default 3600; 0 disables)",
+    )
+    parser.add_argument(
         "--shutdown-timeout",
         dest="shutdown_timeout",
         type=float,
@@ -657,6 +710,7 @@ async def _serve(agent: Agent, conf: settings.Settings, profiler: profiling.Prof
     metrics_server = agent.metrics.serve(conf.metrics_port)
     agent.start_runtimes()
     threading.Thread(target=agent.initial_refresh, name="initial-refresh", daemon=True).start()
+    threading.Thread(target=agent.relist_loop, name="relist", daemon=True).start()
     threading.Thread(target=_report_preflight, args=(agent,), name="preflight-event", daemon=True).start()
     if probes is not None:
         probes.start()

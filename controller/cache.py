@@ -90,11 +90,15 @@ class ObjectCache:
         """Our own write's answer: kept unless the cache already has something newer."""
         return self.apply("MODIFIED", key, obj)
 
-    def discard(self, key: Hashable, *, uid: str | None = None) -> bool:
-        """Forget ``key`` (only if it still has ``uid``, when given); True when something went."""
+    def discard(self, key: Hashable, *, uid: str | None = None, resource_version: str | None = None) -> bool:
+        """Forget ``key`` (only if it still has ``uid`` and ``resource_version``, when given); True when
+        something went."""
         with self._lock:
             current = self._objects.get(key)
             if current is None or (uid is not None and str(meta(current).get("uid") or "") != uid):
+                return False
+            version = str(meta(current).get("resourceVersion") or "")
+            if resource_version is not None and version != resource_version:
                 return False
             del self._objects[key]
             return True

@@ -7,15 +7,16 @@ differs from what is there; moving numbers alone (:func:`same_state`) wait for t
 interval. A create that answers 409 (the record exists but the watch has not shown it yet) takes the
 existing record and goes on; a record of an earlier parent of the same name (another uid), or of an
 earlier Node of ours (deleted and added again: the record went with it), is deleted first and written
-anew. Condition reasons and messages are cut to the CRD's limits (:func:`bounded`), because a write the
-API server refuses would be retried forever.
+anew. A relist (:meth:`NodeStateWriter.forget_unlisted`) forgets a cached record the API no longer has,
+so a deletion no watch event reported is written again too. Condition reasons and messages are cut to
+the CRD's limits (:func:`bounded`), because a write the API server refuses would be retried forever.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from controller import cache, kube, metrics, naming, rollup
@@ -184,6 +185,32 @@ class NodeStateWriter:
             return found[0]
         self.metrics.status_writes.labels("create").inc()
         return created
+
+    def snapshot(self) -> dict[str, tuple[str, str]]:
+        """Name -> (uid, resourceVersion) of every cached record; taken before a relist's listing begins
+        (:meth:`forget_unlisted`)."""
+        out: dict[str, tuple[str, str]] = {}
+        for record in self.states.values():
+            m = cache.meta(record)
+            out[str(m.get("name"))] = (str(m.get("uid") or ""), str(m.get("resourceVersion") or ""))
+        return out
+
+    def forget_unlisted(
+        self, before: Mapping[str, tuple[str, str]], listed: Iterable[str]
+    ) -> list[dict[str, Any]]:
+        """Forget, and return, each record cached ``before`` a listing began, unchanged since (same uid
+        and resourceVersion: no write or event of ours came in the meantime) and not among the
+        ``listed`` names: it was deleted and no watch event said so. The next pass creates it again;
+        a record created or written while the listing ran is kept."""
+        names = set(listed)
+        gone: list[dict[str, Any]] = []
+        for name, (uid, version) in sorted(before.items()):
+            if name in names:
+                continue
+            record = self.states.get(name)
+            if record is not None and self.states.discard(name, uid=uid, resource_version=version):
+                gone.append(record)
+        return gone
 
     def delete(self, sns_name: str, current: Mapping[str, Any]) -> None:
         uid = str(cache.meta(current).get("uid") or "") or None

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 ENV_PREFIX = "HOSTSTORAGE_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_RELIST_SECONDS = 10.0
+MAX_RELIST_SECONDS = 86400.0
+"""Bounds of ``relist_seconds`` (other than 0): one labelled list per node per period is the API cost."""
 
 
 class SettingsError(ValueError):
@@ -100,6 +103,10 @@ class Settings:
 
     resync_seconds: float = 60.0
     """Every applicable object is re-reconciled this often (jittered by 10 %), repairing drift."""
+
+    relist_seconds: float = 3600.0
+    """Agent: list its own StorageNodeStates afresh this often (jittered by 10 %; the first one 30 s after
+    the initial refresh) and write again any the API lost with no watch event seen; 0 disables."""
 
     workers: int = 4
     """Objects reconciled at once (one object never twice at once)."""
@@ -200,6 +207,11 @@ class Settings:
                 raise SettingsError(f"{name.replace('_', '-')} must be a port number")
         if not 0 <= self.status_window <= 300:
             raise SettingsError("status-window must be between 0 and 300 seconds")
+        if self.relist_seconds != 0 and not MIN_RELIST_SECONDS <= self.relist_seconds <= MAX_RELIST_SECONDS:
+            raise SettingsError(
+                f"relist-seconds must be 0 (off) or between {MIN_RELIST_SECONDS:.0f} "
+                f"and {MAX_RELIST_SECONDS:.0f}"
+            )
         if self.resync_seconds <= 0 or self.workers < 1 or self.shutdown_timeout < 0:
             raise SettingsError("resync-seconds and workers must be positive, shutdown-timeout not negative")
         if not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", self.qemu_user):

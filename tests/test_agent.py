@@ -4,8 +4,10 @@ layer of test_storage_connection.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import pathlib
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from fake_api import FakeApi
 from test_storage_connection import FakeConnection, FakeWorld
 
-from controller import agent, events, kube, naming, node_states, registry, settings, teardown
+from controller import agent, events, kube, metrics, naming, node_states, registry, settings, teardown
 from hostlib import config, connections, ledger
 from reconcilers import api as api_mod
 from reconcilers import host as host_mod
@@ -178,6 +180,124 @@ def test_a_node_re_created_between_two_listings_gets_its_records_written_again(
     fake.calls.clear()
     node_agent.process((KIND, "c1"))  # and then it is right: nothing more to write
     assert fake.writes() == []
+
+
+def test_a_record_deleted_with_no_event_seen_is_written_again_at_the_relist(
+    node_agent: agent.Agent, fake: FakeApi, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up listing race in general: a record deleted between the agent's listing and kopf's
+    is never seen deleted, and the cache says "already right" on every pass. The relist finds it gone."""
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    name = naming.node_state_name(KIND, "c1", NODE)
+    del fake.states[name]
+    fake.calls.clear()
+    node_agent.process((KIND, "c1"))
+    assert fake.writes() == []  # the stale cache: nothing would ever write it again
+    queued: list[Any] = []
+    monkeypatch.setattr(node_agent.queue, "add", lambda key, **kw: queued.append(key))
+    assert node_agent.relist_records() == [(KIND, "c1")]
+    assert queued == [(KIND, "c1")]
+    assert f"StorageNodeState {name} is gone and no watch event said so" in caplog.text
+    node_agent.process((KIND, "c1"))
+    assert fake.writes() == ["create_node_state", "replace_node_state_status"]
+    assert fake.states[name]["status"]["phase"] == "Connected"
+    fake.calls.clear()
+    queued.clear()
+    assert node_agent.relist_records() == []  # there again: nothing to do
+    assert queued == []
+    node_agent.process((KIND, "c1"))
+    assert fake.writes() == []
+
+
+def test_a_relisted_record_someone_else_changed_is_looked_at_again(
+    node_agent: agent.Agent, fake: FakeApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    node_agent.on_parent(KIND, "ADDED", parent())
+    node_agent.process((KIND, "c1"))
+    name = naming.node_state_name(KIND, "c1", NODE)
+    fake.states[name]["status"] = {"phase": "Failed"}  # written behind our back, the event missed
+    fake.states[name]["metadata"]["resourceVersion"] = "999"
+    queued: list[Any] = []
+    monkeypatch.setattr(node_agent.queue, "add", lambda key, **kw: queued.append(key))
+    assert node_agent.relist_records() == []  # not gone: no rewrite from scratch
+    assert queued == [(KIND, "c1")]  # but changed: looked at again
+    fake.calls.clear()
+    node_agent.process((KIND, "c1"))
+    assert fake.writes() == ["replace_node_state_status"]
+    assert fake.states[name]["status"]["phase"] == "Connected"
+
+
+def _record(name: str, uid: str, version: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "uid": uid, "resourceVersion": version}, "spec": {}}
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "now", "listed", "forgotten"),
+    [
+        ({"r": ("u1", "5")}, _record("r", "u1", "5"), [], ["r"]),  # unchanged and not listed: gone
+        ({"r": ("u1", "5")}, _record("r", "u1", "5"), ["r"], []),  # listed: there
+        ({"r": ("u1", "5")}, _record("r", "u1", "6"), [], []),  # written while the listing ran
+        ({"r": ("u1", "5")}, _record("r", "u2", "5"), [], []),  # another object of that name by now
+        ({}, _record("r", "u1", "5"), [], []),  # created while the listing ran
+        ({"r": ("u1", "5")}, None, [], []),  # already forgotten (our own delete): nothing to return
+        ({"r": ("u1", "5")}, _record("r", "u1", "5"), ["other"], ["r"]),
+    ],
+)
+def test_a_relist_forgets_only_records_unchanged_since_it_began_and_not_listed(
+    snapshot: dict[str, tuple[str, str]], now: dict[str, Any] | None, listed: list[str], forgotten: list[str]
+) -> None:
+    writer = node_states.NodeStateWriter(FakeApi(), NODE, metrics.Metrics("agent"))
+    if now is not None:
+        writer.states.put("r", now)
+    gone = writer.forget_unlisted(snapshot, listed)
+    assert [g["metadata"]["name"] for g in gone] == forgotten
+    assert ("r" in writer.states) is (now is not None and not forgotten)
+
+
+def test_the_writer_snapshot_is_each_cached_records_uid_and_version() -> None:
+    writer = node_states.NodeStateWriter(FakeApi(), NODE, metrics.Metrics("agent"))
+    writer.states.put("a", _record("a", "u1", "5"))
+    writer.states.put("b", {"metadata": {"name": "b"}})
+    assert writer.snapshot() == {"a": ("u1", "5"), "b": ("", "")}
+    assert writer.forget_unlisted(writer.snapshot(), []) and len(writer.states) == 0
+
+
+def test_the_relist_loop_runs_after_the_initial_refresh_and_survives_an_api_error(
+    node_agent: agent.Agent, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(agent, "RELIST_FIRST", 0.01)
+    calls: list[bool] = []
+
+    def relist() -> list[Any]:
+        calls.append(True)
+        if len(calls) == 1:
+            raise kube.ApiError(503, "ServiceUnavailable", "the API went away")
+        node_agent.stopping.set()
+        return []
+
+    monkeypatch.setattr(node_agent, "relist_records", relist)
+    monkeypatch.setattr(agent.random, "uniform", lambda a, b: 0.001)  # the period, shortened
+    assert node_agent.ready.is_set()
+    thread = threading.Thread(target=node_agent.relist_loop)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and calls == [True, True]
+    assert "relist of our StorageNodeStates failed" in caplog.text
+
+
+def test_the_relist_loop_is_off_at_zero(tmp_path: pathlib.Path, world: FakeWorld, fake: FakeApi) -> None:
+    a = _agent(tmp_path, world, fake)
+    a.conf = dataclasses.replace(a.conf, relist_seconds=0)
+    calls: list[bool] = []
+    a.relist_records = lambda: calls.append(True) or []  # type: ignore[method-assign]
+    thread = threading.Thread(target=a.relist_loop)
+    thread.start()
+    thread.join(5)
+    alive = thread.is_alive()
+    a.stopping.set()
+    thread.join(5)
+    assert not alive and calls == []
 
 
 def test_the_same_node_listed_again_is_no_work(

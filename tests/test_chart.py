@@ -53,6 +53,7 @@ NON_DEFAULT: dict[str, Any] = {
         "allowSharedSources": True,
         "qemuUser": "qemu",
         "resyncSeconds": 30,
+        "relistSeconds": 600,
         "workers": 8,
         "shutdownTimeoutSeconds": 45,
         "healthPort": 19720,
@@ -189,6 +190,7 @@ def test_non_default_values_reach_the_objects() -> None:
     assert env["HOSTSTORAGE_MOUNT_BASE"] == "/rhev/data-center/mnt"
     assert env["HOSTSTORAGE_QEMU_USER"] == "qemu"
     assert env["HOSTSTORAGE_ALLOW_SHARED_SOURCES"] == "true"
+    assert env["HOSTSTORAGE_RELIST_SECONDS"] == "600"
     assert env["HOSTSTORAGE_HEALTH_PORT"] == "19720" and env["TZ"] == "UTC"
     mounts = {m["mountPath"]: m for m in agent["volumeMounts"]}
     for path in ("/srv/storage", "/data/images", "/rhev/data-center/mnt", "/var/lib/hs-state"):
@@ -329,6 +331,8 @@ def test_every_environment_variable_the_chart_sets_is_one_settings_reads(values_
         ("agent.allowedHostPaths[0]=relative/path", "/agent/allowedHostPaths/0"),
         ("agent.mountBase=mnt", "/agent/mountBase"),
         ("agent.workers=0", "/agent/workers"),
+        ("agent.relistSeconds=5", "/agent/relistSeconds"),
+        ("agent.relistSeconds=90000", "/agent/relistSeconds"),
         ("agent.useHostScope=auto", "/agent/useHostScope"),
         ("agent.qemuUser=-oops", "/agent/qemuUser"),
         ("agent.extraVfsTypes[0]=Fuse Sshfs", "/agent/extraVfsTypes/0"),

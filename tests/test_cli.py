@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import textwrap
@@ -132,6 +133,19 @@ def test_bad_settings_are_one_line_errors(argv: tuple[str, ...], env: dict[str, 
         settings.Settings.build(parse(*argv), env)
     proc = run(*argv, "status", env=env)
     assert proc.returncode == 2 and words in one_line_error(proc)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "ok"),
+    [(0, True), (-1, False), (9.99, False), (10, True), (3600, True), (86400, True), (86400.5, False)],
+)
+def test_the_relist_period_is_off_or_bounded(seconds: float, ok: bool) -> None:
+    conf = settings.Settings(relist_seconds=seconds)
+    if ok:
+        conf.validate()
+    else:
+        with pytest.raises(settings.SettingsError, match=re.escape("be 0 (off) or between 10 and 86400")):
+            conf.validate()
 
 
 def test_every_setting_has_a_default_and_a_docstring() -> None:
