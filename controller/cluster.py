@@ -426,12 +426,17 @@ class Controller:
             touched = set(old.labelled | old.tainted)
         touched |= plan.labelled | plan.tainted
         ctx.signals = plan
+        unplanned: frozenset[str] | None = None
         for node in sorted(touched):
             info = self.nodes.get(node)
             if info is None:
                 continue
             wanted = [c.taint for c in self._rollups.values()
                       if c.taint is not None and c.signals is not None and node in c.signals.tainted]
+            if info.taints:
+                if unplanned is None:
+                    unplanned = self._unplanned_effects()
+                wanted += [t for t in info.taints if t[0] in unplanned]
             patch = node_signals.node_patch(info, {label: node in plan.labelled},
                                             node_signals.node_taints(wanted))
             if patch is None:
@@ -444,6 +449,23 @@ class Controller:
             self.metrics.status_writes.labels("node").inc()
             log.info("controller: %s/%s: node %s: %s", kind, name, node, json.dumps(patch))
             self.on_node("MODIFIED", updated)
+
+    def _unplanned_effects(self) -> frozenset[str]:
+        """The taint effects asked for by parents not planned since their tally was built (a start, a
+        failover: parents are planned one at a time). A Node keeps a taint of ours with such an effect
+        until they are, so the first parent planned never takes off a taint a later one put there. Lock
+        held; copies no body once every parent is planned."""
+
+        effects: set[str] = set()
+        for key in self.parents.all_keys():
+            ctx = self._rollups.get(key) if isinstance(key, tuple) else None
+            if ctx is not None and ctx.signals is not None:
+                continue
+            body = self.parents.get(key)
+            policy = health_policy.of_parent(body) if body is not None else None
+            if policy is not None and policy.taint is not None:
+                effects.add(policy.taint.effect)
+        return frozenset(effects)
 
     def _announce(
         self, key: Key, parent: Mapping[str, Any], old: Mapping[str, Any], new: Mapping[str, Any]

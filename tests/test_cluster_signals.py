@@ -264,3 +264,101 @@ def test_a_deleted_parent_leaves_no_signal(world: World) -> None:
     world.ctl.on_parent(KIND, "DELETED", gone)
     world.run()
     assert tainted(world) == set() and labelled(world) == set()
+
+
+def _restarted(world: World, monkeypatch: pytest.MonkeyPatch, *, without: str = "") -> World:
+    """A new controller over ``world``'s API (the old one's caches gone), listed in name order: the
+    parents are planned one at a time, c0 before c1. ``without`` was deleted while none ran."""
+    if without:
+        del world.api.parents[(KIND, without)]
+    again = World(monkeypatch)
+    again.clock.now = world.clock.now
+    again.api = world.api
+    again.ctl.api = world.api  # type: ignore[assignment]
+    for body in world.api.nodes.values():
+        again.put_node(copy.deepcopy(body), "ADDED")
+    for key in sorted(world.api.parents):
+        again.ctl.on_parent(KIND, "ADDED", copy.deepcopy(world.api.parents[key]))
+    for body in world.bodies.values():
+        if body["spec"]["parentRef"]["name"] != without:
+            again.put(copy.deepcopy(body), "ADDED")
+    return again
+
+
+def _c1_taints_n3_beside_c0(world: World, **c0_spec: Any) -> None:
+    p = signalled(world, effect="NoSchedule", maxTaintedPercent=25)
+    world.report(p, "n3", "Failed")
+    world.run()
+    world.advance(3.3)
+    assert tainted(world) == {"n3"}
+    other = health_parent("c0", **c0_spec)
+    world.add_parent(other)
+    for n in ("n1", "n2", "n3", "n4"):
+        world.report(other, n, "Connected")
+    world.run()
+    assert tainted(world) == {"n3"}
+
+
+def test_a_restarted_controller_leaves_another_parents_taint_alone(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart (or a failover) the parents are planned one at a time. The first one planned
+    (c0, no signals) must not take off the taint c1, planned later, put there: that is a Node write, an
+    untainted window for the scheduler, and another write to put it back."""
+    _c1_taints_n3_beside_c0(world)
+    patches = len(world.api.node_patches)
+    _restarted(world, monkeypatch).run()
+    assert tainted(world) == {"n3"}
+    assert world.api.node_patches[patches:] == []
+
+
+def test_after_a_restart_a_taint_no_parent_asks_for_any_more_goes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """c1 was deleted while no controller ran: its taint is kept only for parents that may want it."""
+    _c1_taints_n3_beside_c0(world)
+    _restarted(world, monkeypatch, without="c1").run()
+    assert tainted(world) == set()
+
+
+@pytest.mark.parametrize(("effect", "kept"), [("NoSchedule", True), ("NoExecute", False)])
+def test_after_a_restart_a_taint_is_kept_only_for_an_unplanned_parent_of_its_effect(
+    world: World, monkeypatch: pytest.MonkeyPatch, effect: str, kept: bool
+) -> None:
+    """c1 (NoSchedule on n3) was deleted while no controller ran; c2 taints with ``effect`` and is not
+    planned yet when c0 is. c0's plan keeps the taint only if c2 might want it (the same effect)."""
+    _c1_taints_n3_beside_c0(world)
+    world.add_parent(health_parent("c2", failureGraceSeconds=3,
+                                   nodeSignals={"taint": {"effect": effect, "maxTaintedPercent": 25}}))
+    world.run()
+    again = _restarted(world, monkeypatch, without="c1")
+    again.ctl.process((KIND, "c0"))
+    assert tainted(world) == ({"n3"} if kept else set())
+
+
+def _tainting(name: str, effect: str) -> dict[str, Any]:
+    return health_parent(name, nodeSignals={"taint": {"effect": effect, "maxTaintedPercent": 25}})
+
+
+@pytest.mark.parametrize(
+    ("planned", "waiting", "replanning", "effects"),
+    [
+        ("NoSchedule", "NoExecute", None, {"NoExecute"}),  # a planned parent's effect is not kept for it
+        ("NoSchedule", None, None, set()),  # every parent planned: nothing is kept for anyone
+        (None, "", None, set()),  # a parent waiting to be planned that taints nothing
+        ("NoExecute", None, "NoSchedule", {"NoSchedule"}),  # planned, then its plan dropped (a 409)
+    ],
+)
+def test_the_effects_kept_for_parents_not_planned_yet(
+    world: World, planned: str | None, waiting: str | None, replanning: str | None, effects: set[str]
+) -> None:
+    if planned is not None:
+        world.add_parent(_tainting("a", planned))
+        world.ctl.process((KIND, "a"))
+    if waiting is not None:
+        world.add_parent(_tainting("b", waiting) if waiting else health_parent("b"))
+    if replanning is not None:
+        world.add_parent(_tainting("d", replanning))
+        world.ctl.process((KIND, "d"))
+        world.ctl._rollups[(KIND, "d")].signals = None  # what a Conflict on its Node patch does
+    assert world.ctl._unplanned_effects() == effects
