@@ -49,6 +49,15 @@ class WaitingForConnection(errors.Waiting):
     reason = "WaitingForConnection"
 
 
+class ConnectionLost(errors.HostStorageError):
+    """A pool or monitor on this connection fails: hoststorage had connected it on this node and the host
+    no longer shows it connected (unmounted underneath, covered by a foreign mount, its link gone).
+    Unlike :class:`WaitingForConnection` this is a failure of the user on this node (the roll-up counts
+    it, so a monitor whose storage went away on one node is a NodeProblem); retried."""
+
+    reason = "ConnectionLost"
+
+
 TYPES = ("nfs", "posixfs", "glusterfs", "iscsi", "localfs")
 NFS_VERSIONS = ("3", "4", "4.1", "4.2", "auto")
 
@@ -600,11 +609,21 @@ def resolve(host: host_mod.Host, name: str, sub_path: str | None = None) -> str 
 
 
 def require(host: host_mod.Host, name: str, sub_path: str | None = None) -> str:
-    """:func:`resolve`, for a user of the connection: :class:`WaitingForConnection` instead of None."""
+    """:func:`resolve`, for a user of the connection: None is :class:`ConnectionLost` when the ledger
+    entry records what connecting made (:func:`was_connected`), else :class:`WaitingForConnection`."""
     path = resolve(host, name, sub_path)
     if path is None:
+        if was_connected(host.ledger.get(KIND, name)):
+            raise ConnectionLost(f"StorageConnection {name} was connected on this node and is not now "
+                                 "(its own status on this node says why)")
         raise WaitingForConnection(f"StorageConnection {name} is not connected on this node")
     return path
+
+
+def was_connected(entry: ledger.LedgerEntry | None) -> bool:
+    """Whether ``entry`` records a finished connect: the mount's identity, or the mount point or link
+    hoststorage made (``targetId``). A write-ahead entry of a first connect records neither."""
+    return entry is not None and (bool(entry.resource.get("mount")) or _recorded_id(entry) is not None)
 
 
 if TYPE_CHECKING:  # mypy checks that this module is a Kind

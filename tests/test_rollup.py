@@ -212,6 +212,11 @@ def test_a_monitor_invalid_or_degraded_on_a_node_rolls_up_as_degraded_not_waitin
     )
     assert conds(status)["Ready"] == ("False", "WaitingForNodes")
     assert status["failed"] == 0
+    # A connection it had and lost on that node (storage_connection.ConnectionLost) is that node's failure.
+    lost = [*waiting[:2], monitor_child("node-c", "Failed", "ConnectionLost")]
+    status = rollup.rollup(mon, lost, NODES, now=NOW, phases=rollup.phases_of(registry.row("DomainMonitor")))
+    assert (conds(status)["Ready"], status["failed"]) == (("False", "NodesFailed"), 1)
+    assert [f["reason"] for f in status["failingNodes"]] == ["ConnectionLost"]
 
 
 # ------------------------------------------------------------------ diagnosis (issue 11 part 1)

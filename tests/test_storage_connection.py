@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from hostlib import actions, config, connections, errors, ledger
-from reconcilers import api
+from reconcilers import api, storage_pool
+from reconcilers import domain_monitor as dmon
 from reconcilers import host as host_mod
 from reconcilers import spec as spec_mod
 from reconcilers import storage_connection as sc
@@ -523,3 +524,55 @@ def test_resolve_confines_sub_paths(host: host_mod.Host, world: FakeWorld, tmp_p
         sc.resolve(host, "c1", "escape")
     world.connected.clear()
     assert sc.resolve(host, "c1") is None
+
+
+def _entry_with(host: host_mod.Host, **extra: Any) -> None:
+    """Rewrite c1's ledger entry with ``extra`` resource keys (None drops a key)."""
+    entry = host.ledger.get(sc.KIND, "c1")
+    assert entry is not None
+    resource = {k: v for k, v in {**entry.resource, **extra}.items() if v is not None}
+    host.ledger.put(ledger.LedgerEntry(entry.kind, entry.name, entry.uid, resource))
+
+
+MOUNT = {"mountId": 41, "device": "8:1", "fstype": "ext4", "source": "/dev/loop7"}
+
+
+@pytest.mark.parametrize(("extra", "lost"), [
+    ({}, False),                                     # a write-ahead entry of a first connect
+    ({"mount": MOUNT}, True),                        # the mount's identity was recorded
+    ({"targetId": [2049, 77]}, True),                # the mount point / link hoststorage made
+    ({"mount": MOUNT, "targetId": [2049, 77]}, True),
+    ({"mount": {}}, False),
+    ({"targetId": [2049]}, False),
+    ({"targetId": ["2049", "77"]}, False),
+])  # fmt: skip
+def test_a_user_of_a_connection_lost_on_this_node_fails_one_never_connected_waits(
+    host: host_mod.Host, world: FakeWorld, extra: dict[str, Any], lost: bool
+) -> None:
+    """require: not connected now is ConnectionLost (Failed, retried: the roll-up counts it, a monitor on
+    storage gone from one node is that node's problem) only when the entry records a finished connect;
+    otherwise WaitingForConnection (Pending). The monitor's and the pool's results say the same."""
+    sc.reconcile(sc.parse(manifest(posix())), host)
+    _entry_with(host, **{"mount": None, "targetId": None, **extra})
+    assert sc.was_connected(host.ledger.get(sc.KIND, "c1")) is lost
+    world.connected.clear()  # unmounted underneath
+    want = sc.ConnectionLost if lost else sc.WaitingForConnection
+    with pytest.raises(want, match="StorageConnection c1"):
+        sc.require(host, "c1")
+    mon = {"apiVersion": api.API_VERSION, "kind": dmon.KIND, "metadata": {"name": "m1"},
+           "spec": {"target": {"connectionRef": {"name": "c1"}}}}  # fmt: skip
+    result = dmon.reconcile(dmon.parse(mon), host)
+    phase = "Failed" if lost else "Pending"
+    assert (result.phase, result.reason, result.ready, result.retry) == (phase, want.reason, False, True)
+    pool = {"apiVersion": api.API_VERSION, "kind": storage_pool.KIND, "metadata": {"name": "p1"},
+            "spec": {"connectionRef": {"name": "c1"}}}  # fmt: skip
+    with pytest.raises(want):
+        storage_pool.desired_definition(storage_pool.parse(pool), host)
+    world.connected.add(str(sc.reconcile(sc.parse(manifest(posix())), host).detail["mountPoint"]))
+    assert sc.require(host, "c1")  # connected again: both resolve
+
+
+def test_no_entry_is_waiting_never_lost(host: host_mod.Host) -> None:
+    assert sc.was_connected(None) is False
+    with pytest.raises(sc.WaitingForConnection):
+        sc.require(host, "nowhere")
