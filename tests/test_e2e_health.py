@@ -1,5 +1,6 @@
-"""e2e, issue 11: a connection failing on one node only becomes Degraded/NodeProblem after its grace,
-that node loses its label and gets the taint; repaired, it is cleared. Real agents and controller
+"""e2e, issue 11: a connection (and a DomainMonitor) failing on one node only becomes
+Degraded/NodeProblem after its grace, that node loses its label and gets the taint; repaired, it is
+cleared. Real agents and controller
 against the emulator (tests/fixtures_kube.py), three nodes on one machine.
 
 The failure is made underneath on one node: a tmpfs mounted over that node's mount point of the
@@ -39,6 +40,13 @@ def tainted(cluster: Cluster) -> set[str]:
 
 def degraded(obj: dict[str, Any]) -> dict[str, Any]:
     return next(c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "Degraded")
+
+
+def reason(obj: dict[str, Any] | None) -> str:
+    """The Degraded condition's reason while it is True; "" when it is not (or not there yet)."""
+    cond = next((c for c in ((obj or {}).get("status") or {}).get("conditions") or []
+                 if c["type"] == "Degraded"), {})
+    return str(cond.get("reason") or "") if cond.get("status") == "True" else ""
 
 
 def test_a_failure_on_one_node_is_a_node_problem_with_label_removed_and_taint(
@@ -89,6 +97,58 @@ def test_a_failure_on_one_node_is_a_node_problem_with_label_removed_and_taint(
         delete(kube_cluster, name)
         wait_gone(kube_cluster, name)
     assert labelled(kube_cluster, key) == set() and not tainted(kube_cluster)
+
+
+def test_a_monitor_failing_on_one_node_is_a_node_problem_with_its_label_and_taint(
+    kube_cluster: Cluster, loop_device: Any
+) -> None:
+    """The same for a DomainMonitor parent (its Healthy/Invalid phases, its own label key): a monitor on
+    a posixfs connection, one node's mount point covered, so its probe is not where the monitor reads."""
+    dev = loop_device("ext4")
+    conn, mon = uniq("hconn"), uniq("hdmon")
+    signals = {"label": True, "taint": {"effect": "NoSchedule", "maxTaintedPercent": 34}}
+    kube_cluster.apply(posixfs(conn, dev))
+    covered: list[str] = []
+    key = ""
+    try:
+        wait_condition(kube_cluster, conn)
+        kube_cluster.apply({
+            "apiVersion": "hoststorage.io/v1alpha1", "kind": "DomainMonitor", "metadata": {"name": mon},
+            "spec": {"target": {"connectionRef": {"name": conn}}, "intervalSeconds": 1,
+                     "failureGraceSeconds": 3, "nodeSignals": signals},
+        })  # fmt: skip
+        obj = wait_until(lambda: (o := kube_cluster.get("dmon", mon)) and (o.get("status") or {}).get(
+            "nodeLabel") and o, 60, "the monitor's label key")
+        key = obj["status"]["nodeLabel"]
+        assert key == f"dmon.hoststorage.io/{mon}"
+        wait_until(lambda: labelled(kube_cluster, key) == set(kube_cluster.nodes), 60, "every node labelled")
+        victim = sorted(kube_cluster.nodes)[2]
+        (point,) = mounts_of(kube_cluster, victim, dev)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "hs-e2e-cover", point], check=True)
+        covered.append(point)
+        obj = wait_until(lambda: (o := kube_cluster.get("dmon", mon)) and reason(o) == "NodeProblem" and o,
+                         60, "the monitor Degraded/NodeProblem")
+        assert obj["status"]["diagnosis"]["nodes"] == [victim]
+        wait_until(lambda: tainted(kube_cluster) == {victim}, 10, "the victim tainted")
+        assert labelled(kube_cluster, key) == set(kube_cluster.nodes) - {victim}
+        subprocess.run(["umount", point], check=True)
+        covered.remove(point)
+        wait_until(lambda: reason(kube_cluster.get("dmon", mon)) == "", 60, "cleared")
+        wait_until(lambda: not tainted(kube_cluster), 10, "taint removed")
+        wait_until(lambda: labelled(kube_cluster, key) == set(kube_cluster.nodes), 10, "label back")
+    except BaseException:
+        debug(kube_cluster)
+        print(kube_cluster.kubectl("get", "dmon", mon, "-o", "yaml", check=False).stdout)
+        raise
+    finally:
+        for point in covered:
+            subprocess.run(["umount", point], check=False)
+        kube_cluster.kubectl("delete", "dmon", mon, "--wait=false", "--ignore-not-found", check=False)
+        kube_cluster.kubectl("wait", "--for=delete", f"domainmonitor/{mon}", "--timeout=60s", check=False,
+                             timeout=70)
+        delete(kube_cluster, conn)
+        wait_gone(kube_cluster, conn)
+    assert key and labelled(kube_cluster, key) == set() and not tainted(kube_cluster)
 
 
 def _covering(kube_cluster: Cluster, loop_device: Any, victims: int, maxpct: int) -> Any:
