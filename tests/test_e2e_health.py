@@ -11,6 +11,7 @@ connection (the topmost mount is the one that counts), removed again to repair. 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 from typing import Any
@@ -49,6 +50,19 @@ def reason(obj: dict[str, Any] | None) -> str:
     return str(cond.get("reason") or "") if cond.get("status") == "True" else ""
 
 
+def controller_log(cluster: Cluster) -> str:
+    assert cluster.controller is not None
+    return cluster.controller.log_text()
+
+
+def node_patches(log_text: str, parent: str) -> dict[str, int]:
+    """Node -> how many Node patches the controller logged for ``parent`` in ``log_text``."""
+    out: dict[str, int] = {}
+    for found in re.finditer(rf"/{re.escape(parent)}: node (\S+): \{{", log_text):
+        out[found[1]] = out.get(found[1], 0) + 1
+    return out
+
+
 def test_a_failure_on_one_node_is_a_node_problem_with_label_removed_and_taint(
     kube_cluster: Cluster, loop_device: Any
 ) -> None:
@@ -68,6 +82,7 @@ def test_a_failure_on_one_node_is_a_node_problem_with_label_removed_and_taint(
         subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "hs-e2e-cover", point], check=True)
         covered.append(point)
         failed_at = time.monotonic()
+        log_mark = len(controller_log(kube_cluster))
 
         def node_problem(o: dict[str, Any]) -> bool:
             return degraded(o)["reason"] == "NodeProblem"
@@ -79,6 +94,8 @@ def test_a_failure_on_one_node_is_a_node_problem_with_label_removed_and_taint(
         assert victim in degraded(obj)["message"]
         wait_until(lambda: tainted(kube_cluster) == {victim}, 10, "the victim tainted")
         assert labelled(kube_cluster, key) == set(kube_cluster.nodes) - {victim}
+        on_failure = node_patches(controller_log(kube_cluster)[log_mark:], name)
+        log_mark = len(controller_log(kube_cluster))
         subprocess.run(["umount", point], check=True)
         covered.remove(point)
         repaired_at = time.monotonic()
@@ -86,8 +103,11 @@ def test_a_failure_on_one_node_is_a_node_problem_with_label_removed_and_taint(
         to_clear = time.monotonic() - repaired_at
         wait_until(lambda: not tainted(kube_cluster), 10, "taint removed")
         wait_until(lambda: labelled(kube_cluster, key) == set(kube_cluster.nodes), 10, "label back")
+        on_repair = node_patches(controller_log(kube_cluster)[log_mark:], name)
+        # Node writes only where something changed: the victim's, never the other Nodes'.
+        assert set(on_failure) == {victim} and set(on_repair) == {victim}, (on_failure, on_repair)
         print(f"figures: failure -> NodeProblem {to_problem:.1f} s (grace {grace} s); "
-              f"repair -> cleared {to_clear:.1f} s")
+              f"repair -> cleared {to_clear:.1f} s; Node patches: failure {on_failure}, repair {on_repair}")
     except BaseException:
         debug(kube_cluster)
         raise
