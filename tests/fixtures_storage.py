@@ -26,8 +26,9 @@ Fixtures (all need root; they skip with the reason when the host cannot provide 
     Measured here with a SIGSTOPped brick, a direct-I/O 4 KiB read on the FUSE mount fails with
     "Transport endpoint is not connected" after 1.8 s (ping-timeout 1, the minimum gluster accepts),
     3.9 s (2) and 5.6 s (3). 2 is the default: 1 s leaves no slack for a loaded 2-core CI machine.
-    At session end the volume is stopped and deleted; glusterd is stopped only by the last test
-    session that uses it and only if a test session started it (a shared registry under
+    At session end the volume is stopped and deleted; glusterd is stopped only by the last volume in
+    use (each volume registers once, so one process's volumes count apart) and only if a test
+    session started it (a shared registry under
     /run/hoststorage-tests/glusterd, guarded by flock: several pytest runs share this machine's
     glusterd).
 
@@ -199,21 +200,27 @@ def _registry_lock() -> Iterator[None]:
         os.close(fd)
 
 
-def _live_users() -> list[int]:
+def _live_users() -> list[str]:
+    """The registered uses (``<pid>.<token>``) whose process still runs; the others are removed."""
     users = []
     d = os.path.join(GLUSTER_REGISTRY, "users")
     for name in os.listdir(d):
-        if name.isdigit() and os.path.exists(f"/proc/{name}"):
-            users.append(int(name))
+        pid = name.split(".", 1)[0]
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+            users.append(name)
         else:
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(d, name))
     return users
 
 
-def _acquire_glusterd() -> None:
+def _acquire_glusterd() -> str:
+    """Register one use of glusterd (starting it if needed); returns the use for :func:`_release_glusterd`.
+    One per volume, not per process: a test's own volume released must not stop glusterd under the
+    session's volume in the same process (it did, and left that volume and its brick behind)."""
+    use = f"{os.getpid()}.{secrets.token_hex(4)}"
     with _registry_lock():
-        with open(os.path.join(GLUSTER_REGISTRY, "users", str(os.getpid())), "w"):
+        with open(os.path.join(GLUSTER_REGISTRY, "users", use), "w"):
             pass
         if not _glusterd_running():
             pidfile = os.path.join(GLUSTER_REGISTRY, "glusterd.pid")
@@ -221,12 +228,13 @@ def _acquire_glusterd() -> None:
             with open(os.path.join(GLUSTER_REGISTRY, "started"), "w") as f:
                 f.write(str(os.getpid()))
         _wait_for_glusterd(time.monotonic() + 30)
+    return use
 
 
-def _release_glusterd() -> None:
+def _release_glusterd(use: str) -> None:
     with _registry_lock():
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(GLUSTER_REGISTRY, "users", str(os.getpid())))
+            os.unlink(os.path.join(GLUSTER_REGISTRY, "users", use))
         started = os.path.join(GLUSTER_REGISTRY, "started")
         if _live_users() or not os.path.exists(started):
             return
@@ -269,7 +277,7 @@ def own_gluster_volume(brick_dir: str, options: dict[str, str] | None = None) ->
     ``options`` are ``gluster volume set`` pairs on top of ``network.ping-timeout`` =
     ``GLUSTER_PING_TIMEOUT`` (an option given there wins). Callers check :func:`gluster_missing` first.
     """
-    _acquire_glusterd()
+    use = _acquire_glusterd()
     vol = GlusterVolume(GLUSTER_SERVER, f"hs{secrets.token_hex(4)}", brick_dir)
     try:
         _gluster("volume", "create", vol.volume, f"{vol.server}:{vol.brick_dir}", "force")
@@ -289,7 +297,7 @@ def own_gluster_volume(brick_dir: str, options: dict[str, str] | None = None) ->
                 _run(["umount", "-l", rec.target], timeout=30, check=False)
         _gluster("volume", "stop", vol.volume, "force", check=False)
         _gluster("volume", "delete", vol.volume, check=False)
-        _release_glusterd()
+        _release_glusterd(use)
 
 
 @pytest.fixture(scope="session")
