@@ -603,12 +603,18 @@ def _observed_result(
     *,
     changed: bool,
     planned: list[actions.Action],
+    autostart_error: str = "",
 ) -> status.NodeResult:
     if observed is None:
         return RESULTS.make(name, status.Phase.PENDING, "NotDefined", "the pool is not defined", plan=planned)
     detail = observed.to_detail()
     if observed.state == "running":
         msg = f"pool {observed.name} running, {observed.volumes} volume(s), {observed.available} bytes free"
+        if autostart_error:
+            # Running and Ready; retried, so the flag is set once libvirt lets it be.
+            msg += f"; autostart could not be set (the agent starts the pool itself): {autostart_error}"
+            return RESULTS.make(name, status.Phase.RUNNING, "AutostartNotSet", msg, detail=detail,
+                                changed=changed, plan=planned, retry=True)
         return RESULTS.make(
             name, status.Phase.RUNNING, "Running", msg, detail=detail, changed=changed, plan=planned
         )
@@ -639,8 +645,14 @@ def _apply(
     layer: host_mod.Pools,
     definition: libvirt_pools.PoolDefinition,
     planned: list[actions.Action],
-) -> bool:
-    """Run the planned verbs; whether anything changed (a refresh keeps the pool as it is)."""
+) -> tuple[bool, str]:
+    """Run the planned verbs: whether anything changed (a refresh keeps the pool as it is), and why
+    autostart could not be set ("" when it could or was not asked).
+
+    A failed autostart does not stop the pool or fail it: the pool runs and the agent starts it again
+    itself whenever it is down. libvirt refuses the flag with "File exists" when its autostart link is
+    left from an earlier definition it failed to load (a soak run found that after a libvirtd restart);
+    that link already starts the pool on libvirtd's next start."""
     name = pool.libvirt_name
     verbs: dict[str, Callable[[], Any]] = {
         "define": lambda: layer.define(definition),
@@ -650,11 +662,15 @@ def _apply(
         "autostart": lambda: layer.set_autostart(name, pool.autostart),
         "refresh": lambda: layer.refresh(name),
     }
-    changed = False
+    changed, autostart_error = False, ""
     for action in planned:
-        verbs[action.verb]()
+        try:
+            verbs[action.verb]()
+        except libvirt_pools.AutostartFailed as exc:
+            autostart_error = exc.message
+            continue
         changed |= action.verb != "refresh"
-    return changed
+    return changed, autostart_error
 
 
 def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> status.NodeResult:
@@ -712,7 +728,8 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
                 f"hoststorage CHAP for StoragePool {pool.name}",
                 desired.chap[1],
             )
-        changed |= _apply(pool, layer, definition, planned)
+        applied, autostart_error = _apply(pool, layer, definition, planned)
+        changed |= applied
         if target_id is not None:
             _verify_dir_target(pool, host, layer, desired, target_id)
         old_usage = entry.resource.get("secretUsage") if entry is not None else None
@@ -733,7 +750,9 @@ def reconcile(pool: PoolSpec, host: host_mod.Host, *, dry_run: bool = False) -> 
                 # (a pool an admin defines later under it would otherwise be taken for ours).
                 host.ledger.remove(KIND, pool.name)
         return RESULTS.error(pool.name, exc, detail=detail, changed=changed)
-    return _observed_result(pool.name, after, changed=changed, planned=planned)
+    return _observed_result(
+        pool.name, after, changed=changed, planned=planned, autostart_error=autostart_error
+    )
 
 
 def _recorded_target_id(entry: ledger.LedgerEntry | None) -> fsops.Ident | None:

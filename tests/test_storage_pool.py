@@ -12,6 +12,7 @@ reconnect + re-reconcile after a libvirtd restart.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -305,6 +306,34 @@ def test_autostart_false_and_spec_change_redefines(host: host_mod.Host) -> None:
     assert res2.ready and res2.detail["targetPath"] == os.path.join(root, "b") and res2.detail["autostart"]
     assert res2.detail["uuid"] == res.detail["uuid"], "a redefinition keeps the pool's UUID"
     assert_witness(name, res2.detail)
+
+
+LIBVIRT_STORAGE = "/etc/libvirt/storage"  # qemu:///system's pool configs and autostart links
+
+
+@pytest.mark.host
+def test_a_stale_autostart_link_leaves_the_pool_running_and_ready(host: host_mod.Host) -> None:
+    """libvirt keeps a pool's autostart link when it fails to load the pool (soak seed 961853358: a
+    source conflict after a libvirtd restart); a pool defined again under that name cannot have the flag
+    set ("File exists"). It runs and is Ready (AutostartNotSet, retried); undefine removes the link."""
+    name = _uniq()
+    link = os.path.join(LIBVIRT_STORAGE, "autostart", f"{name}.xml")
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(os.path.join(LIBVIRT_STORAGE, f"{name}.xml"), link)  # what the lost definition left
+    try:
+        spec, res = apply(host, {"dir": {"path": os.path.join(host.config.allowed_host_paths[0], "s")}}, name)
+        assert (res.phase, res.reason, res.ready, res.retry) == ("Running", "AutostartNotSet", True, True)
+        assert "File exists" in res.message and res.detail["autostart"] is False
+        assert_witness(name, res.detail)
+        entry = host.ledger.get(storage_pool.KIND, spec.name)
+        assert entry is not None and storage_pool.teardown(entry, host).phase == "Detached"
+        assert not os.path.lexists(link), "libvirt's undefine removes the link"
+        _, clean = apply(host, {"dir": {"path": os.path.join(host.config.allowed_host_paths[0], "s")}}, name)
+        assert (clean.reason, clean.detail["autostart"]) == ("Running", True)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.islink(link):
+                os.unlink(link)
 
 
 @pytest.mark.host
